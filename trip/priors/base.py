@@ -1,0 +1,138 @@
+"""The interface every prior implements, and its input checks.
+
+A prior is an ``nn.Module`` over codes z of shape (B, dim):
+
+* ``log_prob(z, observed=None)`` -> (B,): log-density; with a boolean mask
+  (dim,) or (B, dim) the unobserved dimensions are summed out exactly.
+* ``sample(n)`` -> (n, dim).
+* ``sample_conditional(z, resample=mask)`` -> (B, dim): the masked dimensions
+  redrawn from p(z_masked | z_rest), the rest copied.
+* ``conditional_log_prob(z, target, given)``: log p(z_target | z_given).
+
+"Fixed" and "learnable" differ only in ``requires_grad`` on the parameters,
+so a fixed prior is a flag, not another class.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Elementwise log N(z | mean, std^2), broadcast over all arguments."""
+    return -0.5 * ((z - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class Prior(nn.Module, ABC):
+    """Base class: input validation and the fixed/learnable switch."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = _positive_int("dim", dim)
+        # Carries dtype and device for priors without parameters.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    # -- dtype, device, learnability -------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @property
+    def learnable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def set_learnable(self, learnable: bool) -> "Prior":
+        """Fixed priors keep their parameters registered but frozen."""
+        for p in self.parameters():
+            p.requires_grad_(learnable)
+        return self
+
+    # -- public API --------------------------------------------------------------------
+    def log_prob(self, z: Tensor, observed: Tensor | None = None) -> Tensor:
+        z = self.check_codes(z)
+        mask = None if observed is None else self.check_mask(observed, z.shape[0], "observed")
+        return self._log_prob(z, mask)
+
+    def forward(self, z: Tensor, observed: Tensor | None = None) -> Tensor:
+        return self.log_prob(z, observed)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self._sample(_positive_int("n", n), generator)
+
+    @torch.no_grad()
+    def sample_conditional(
+        self, z: Tensor, resample: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        z = self.check_codes(z)
+        mask = self.check_mask(resample, z.shape[0], "resample").expand_as(z)
+        return self._sample_conditional(z, mask, generator)
+
+    def conditional_log_prob(self, z: Tensor, target: Tensor, given: Tensor) -> Tensor:
+        """log p(z_target | z_given) as the difference of two exact marginals."""
+        z = self.check_codes(z)
+        target = self.check_mask(target, z.shape[0], "target")
+        given = self.check_mask(given, z.shape[0], "given")
+        if (target & given).any():
+            raise ValueError("target and given masks overlap")
+        return self._log_prob(z, target | given) - self._log_prob(z, given)
+
+    # -- to implement ------------------------------------------------------------------
+    @abstractmethod
+    def _log_prob(self, z: Tensor, observed: Tensor | None) -> Tensor: ...
+
+    @abstractmethod
+    def _sample(self, n: int, generator: torch.Generator | None) -> Tensor: ...
+
+    @abstractmethod
+    def _sample_conditional(
+        self, z: Tensor, resample: Tensor, generator: torch.Generator | None
+    ) -> Tensor: ...
+
+    # -- checks ------------------------------------------------------------------------
+    def check_codes(self, z: Tensor) -> Tensor:
+        """Codes must be a finite (B, dim) tensor on the prior's device."""
+        if not isinstance(z, Tensor):
+            raise ValueError(f"codes must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"codes must have shape (batch, {self.dim}) for this prior, got {tuple(z.shape)}"
+            )
+        if z.device != self.device:
+            raise ValueError(f"codes are on {z.device} but the prior is on {self.device}")
+        if not torch.isfinite(z).all():
+            raise ValueError("codes contain NaN or inf")
+        return z.to(self.dtype)
+
+    def check_mask(self, mask, batch: int, name: str) -> Tensor:
+        """A boolean mask of shape (dim,) or (batch, dim), returned as (1 or batch, dim)."""
+        mask = torch.as_tensor(mask, device=self.device)
+        if mask.dtype != torch.bool:
+            raise ValueError(f"{name} mask must be boolean, got dtype {mask.dtype}")
+        if mask.shape == (self.dim,):
+            return mask[None]
+        if mask.shape == (batch, self.dim):
+            return mask
+        raise ValueError(
+            f"{name} mask must have shape ({self.dim},) or ({batch}, {self.dim}), "
+            f"got {tuple(mask.shape)}"
+        )
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, learnable={self.learnable}"

@@ -1,0 +1,167 @@
+"""Log-space algebra of tensor rings with non-negative cores.
+
+A ring of L positions has cores Q_k of shape (N, m, m). Position k carries a
+discrete state s_k and an *emission* log-weight vector e_k (length N):
+
+    log  sum_s  Tr( prod_k  Q_k[s_k] ) * prod_k exp(e_k[s_k])
+  = log  Tr( prod_k  A_k ),       A_k = sum_s exp(e_k[s]) Q_k[s].
+
+Latent dimensions use Gaussian log-densities as emissions; a marginalised
+position uses zeros (A_k = sum_s Q_k[s]); a discrete attribute uses 0 on its
+observed value and -inf elsewhere. Everything else in the package builds on
+the three functions here.
+
+Why this is exact in float32: cores are stored as logs. Each slice Q_k[s] is
+divided by its own max entry and that log-max joins the emission log-weight;
+the largest log-weight per position is pulled out as an offset, so every
+weighted core has a max entry >= 1 and no term underflows to zero because a
+code is far from the components. Products of non-negative matrices have no
+cancellation, and each pairwise product is rescaled by its max with the log
+accumulated. All offsets are detached: the identity holds for any constant,
+so gradients are exact and cheaper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def split_log_cores(log_cores: Tensor) -> tuple[Tensor, Tensor]:
+    """Split log-cores (L, N, m, m) into max-normalised cores and log slice maxima.
+
+    Returns ``(cores, log_max)`` with ``cores`` in [0, 1] (max entry 1 per
+    slice) and ``log_max`` of shape (L, N), so that
+    ``exp(log_cores) == cores * exp(log_max)[..., None, None]``.
+    """
+    log_max = log_cores.detach().amax(dim=(-2, -1))
+    log_max = torch.where(torch.isfinite(log_max), log_max, torch.zeros_like(log_max))
+    return torch.exp(log_cores - log_max[..., None, None]), log_max
+
+
+def weighted_cores(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> tuple[Tensor, Tensor]:
+    """Form A_k = sum_s exp(e_k[s]) Q_k[s] for a batch, as one batched matmul.
+
+    Args:
+        cores: (L, N, m, m) max-normalised cores from :func:`split_log_cores`.
+        log_max: (L, N) their log slice maxima.
+        log_emission: (B, L, N) emission log-weights (``-inf`` allowed, but not
+            for every state of a position).
+
+    Returns:
+        ``(mats, log_scale)``: (L, B, m, m) matrices and (L, B) log-scales with
+        ``A_k[b] = mats[k, b] * exp(log_scale[k, b])``.
+    """
+    length, n_states, m, _ = cores.shape
+    log_w = log_emission + log_max  # (B, L, N)
+    offset = log_w.detach().amax(dim=-1)  # (B, L)
+    w = torch.exp(log_w - offset[..., None])
+    mats = torch.bmm(w.transpose(0, 1), cores.reshape(length, n_states, m * m))
+    return mats.view(length, -1, m, m), offset.transpose(0, 1)
+
+
+def _rescale(mats: Tensor) -> tuple[Tensor, Tensor]:
+    """Divide each matrix by its max entry; return the matrices and the log maxima."""
+    scale = mats.detach().amax(dim=(-2, -1))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return mats / scale[..., None, None], torch.log(scale)
+
+
+def log_trace_chain(mats: Tensor, log_scale: Tensor) -> Tensor:
+    """log Tr(mats[0] @ mats[1] @ ... @ mats[L-1]) + sum of log-scales, per batch.
+
+    A pairwise tree reduction: depth ceil(log2 L) batched matmuls instead of L
+    sequential ones, each level rescaled so nothing over- or underflows.
+
+    Args:
+        mats: (L, B, m, m) non-negative matrices with entries of order one
+            (as :func:`weighted_cores` makes them), so that one pairwise
+            product cannot overflow before it is rescaled.
+        log_scale: (L, B) log of the factor each matrix stands for.
+
+    Returns:
+        (B,) log-traces. ``-inf`` only where the product is exactly zero.
+    """
+    while mats.shape[0] > 1:
+        half = mats.shape[0] // 2
+        prod = torch.matmul(mats[0 : 2 * half : 2], mats[1 : 2 * half : 2])
+        prod, log_s = _rescale(prod)
+        scale = log_scale[0 : 2 * half : 2] + log_scale[1 : 2 * half : 2] + log_s
+        if mats.shape[0] % 2:  # odd length: the last matrix waits for the next level
+            prod = torch.cat([prod, mats[-1:]])
+            scale = torch.cat([scale, log_scale[-1:]])
+        mats, log_scale = prod, scale
+    trace = torch.diagonal(mats[0], dim1=-2, dim2=-1).sum(-1)
+    return torch.log(trace) + log_scale[0]
+
+
+def log_ring_value(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> Tensor:
+    """log sum_s Tr(prod_k Q_k[s_k]) prod_k exp(e_k[s_k]) for each batch row: (B,)."""
+    return log_trace_chain(*weighted_cores(cores, log_max, log_emission))
+
+
+def _suffix_products(mats: Tensor) -> Tensor:
+    """S[k] = mats[k] @ ... @ mats[L-1] (rescaled), with S[L] = I: (L+1, B, m, m)."""
+    length, batch, m, _ = mats.shape
+    eye = torch.eye(m, dtype=mats.dtype, device=mats.device).expand(batch, m, m)
+    suffix = [eye]
+    for k in range(length - 1, -1, -1):
+        suffix.append(_rescale(torch.matmul(mats[k], suffix[-1]))[0])
+    return torch.stack(suffix[::-1])
+
+
+def _state_logits(prefix: Tensor, suffix: Tensor, core: Tensor, log_max: Tensor) -> Tensor:
+    """log Tr(prefix @ Q[s] @ suffix) for every state s, up to a per-row constant: (B, N).
+
+    ``suffix`` is (B, m, m) or, when it does not depend on the batch, (1, m, m);
+    in that case Q[s] @ suffix is formed once instead of once per row.
+    """
+    n_states, m, _ = core.shape
+    if suffix.shape[0] == 1:
+        right = torch.matmul(core, suffix[0])  # (N, m, m): Tr(P R) = <P, R^T>
+        inner = prefix.reshape(-1, m * m) @ right.transpose(-1, -2).reshape(n_states, m * m).T
+    else:
+        u = torch.matmul(suffix, prefix)  # Tr(P Q S) = <Q, (S P)^T>
+        inner = u.transpose(-1, -2).reshape(-1, m * m) @ core.reshape(n_states, m * m).T
+    return torch.log(inner) + log_max
+
+
+def sample_states(
+    cores: Tensor,
+    log_max: Tensor,
+    log_emission: Tensor,
+    resample: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw the states of the ``resample`` positions from p(s_R | evidence) by the chain rule.
+
+    Args:
+        cores, log_max: from :func:`split_log_cores`, (L, N, m, m) and (L, N).
+        log_emission: (B, L, N) evidence on every position; resampled positions
+            should carry zeros (no evidence). A batch of 1 is shared by all rows.
+        resample: (B, L) bool, the positions to sample, visited in ring order.
+        generator: optional torch generator for reproducible draws.
+
+    Returns:
+        (B, L) long states; entries at positions not resampled are 0.
+
+    Cost: O(L) (m x m) matrix products per row; the suffix products are
+    computed once per call, for the whole batch when the evidence is shared.
+    """
+    batch, length = resample.shape
+    mats, _ = weighted_cores(cores, log_max, log_emission)  # (L, B or 1, m, m)
+    suffix = _suffix_products(mats)
+    m = cores.shape[-1]
+    prefix = torch.eye(m, dtype=cores.dtype, device=cores.device).expand(batch, m, m)
+    states = torch.zeros(batch, length, dtype=torch.long, device=cores.device)
+    for k in range(length):
+        pick = resample[:, k]
+        step = mats[k].expand(batch, m, m)
+        if pick.any():
+            logits = _state_logits(prefix, suffix[k + 1], cores[k], log_max[k])
+            probs = torch.softmax(logits, dim=-1)
+            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            states[:, k] = torch.where(pick, drawn, states[:, k])
+            step = torch.where(pick[:, None, None], cores[k][drawn], step)
+        prefix = _rescale(torch.matmul(prefix, step))[0]
+    return states
