@@ -53,7 +53,8 @@ def test_manifest_records_source_counts_names_and_checksums(shapes_dir):
     assert manifest["splits"]["train"]["count"] == 40 and manifest["splits"]["test"]["count"] == 10
     assert "seed=3" in manifest["splits"]["train"]["source"]
     files = sorted(p.name for p in shapes_dir.iterdir())
-    assert files == ["manifest.json", "test_attributes.npy", "test_images.npy", "train_attributes.npy", "train_images.npy"]
+    assert files == ["manifest.json", "test_attributes.npy", "test_images.npy",
+                     "train_attributes.npy", "train_images.npy"]
     for split in ("train", "test"):
         for kind in ("images", "attributes"):
             info = manifest["splits"][split]["files"][kind]

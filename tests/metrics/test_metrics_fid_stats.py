@@ -189,7 +189,7 @@ def test_a_file_under_the_wrong_name_is_detected(tmp_path: Path) -> None:
     assert str(renamed) in str(err.value)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing sigma", "bad shape", "nan"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing sigma", "bad shape", "nan", "wrong count"])
 def test_a_corrupt_file_is_an_error_naming_it(tmp_path: Path, damage: str) -> None:
     key = stats_key("cifar10", "train", 32, 30)
     path = tmp_path / f"{key}.npz"
@@ -201,6 +201,8 @@ def test_a_corrupt_file_is_an_error_naming_it(tmp_path: Path, damage: str) -> No
         path.write_bytes(b"not an npz file")
     elif damage == "missing sigma":
         np.savez(path, key=np.array(key), mu=mu, n=np.array(30))
+    elif damage == "wrong count":
+        save_stats(path, key, _stats(mu, sigma, 29))
     elif damage == "bad shape":
         np.savez(path, key=np.array(key), mu=mu, sigma=np.eye(4), n=np.array(30))
     else:

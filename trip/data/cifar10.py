@@ -112,7 +112,8 @@ def load_cifar10(root: str | Path | None = None, image_size: int = 32, download:
         if folder is not None:
             train, test = (_read_image_folder(folder / s, image_size) for s in ("train", "test"))
             if train.attribute_names != test.attribute_names:
-                raise CorruptDataError(folder, f"train classes {train.attribute_names} differ from test classes {test.attribute_names}")
+                problem = f"train classes {train.attribute_names} differ from test classes {test.attribute_names}"
+                raise CorruptDataError(folder, problem)
             return train, test
         hint = f"No image-folder copy either (train/<class>/*.png and test/<class>/*.png under {base.absolute()})."
         if not download:
@@ -120,12 +121,12 @@ def load_cifar10(root: str | Path | None = None, image_size: int = 32, download:
         _download(base, err.missing)
         files = locate("cifar10", candidates, required)
     classes = read_meta(files[META])
-    train = [read_batch(files[name]) for name in TRAIN_BATCHES]
-    test = read_batch(files[TEST_BATCH])
+    batches = [read_batch(files[name]) for name in TRAIN_BATCHES]
+    train_images, train_labels = (np.concatenate(parts) for parts in zip(*batches))
     source = str(files[META].parent)
     return (
-        _split(np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]), classes, image_size, source),
-        _split(*test, classes, image_size, source),
+        _split(train_images, train_labels, classes, image_size, source),
+        _split(*read_batch(files[TEST_BATCH]), classes, image_size, source),
     )
 
 

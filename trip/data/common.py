@@ -56,10 +56,6 @@ class DatasetNotFoundError(FileNotFoundError):
             lines.append(hint)
         super().__init__("\n".join(lines))
 
-    def __str__(self) -> str:
-        # OSError's default __str__ would print the errno tuple for multi-arg forms.
-        return self.args[0]
-
 
 class CorruptDataError(ValueError):
     """A dataset file exists but is truncated, malformed or inconsistent."""

@@ -131,7 +131,8 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.rename(new, target)
         return
-    foreign = [p.name for p in target.iterdir() if p.name != MANIFEST and not p.name.endswith(tuple(f"_{k}.npy" for k in KINDS))]
+    ours = tuple(f"_{kind}.npy" for kind in KINDS)
+    foreign = [p.name for p in target.iterdir() if p.name != MANIFEST and not p.name.endswith(ours)]
     if foreign:
         raise FileExistsError(f"refusing to replace {target}: it holds files that are not prepared data: {foreign[:5]}")
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
@@ -144,9 +145,8 @@ def read_manifest(directory: str | Path) -> dict:
     """The manifest of a prepared directory; a missing one means the directory is not prepared."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise DatasetNotFoundError(
-            "prepared", {Path(directory).absolute(): [MANIFEST]}, "Not prepared, or preparation was interrupted: run prepare()."
-        )
+        hint = "Not prepared, or preparation was interrupted: run prepare()."
+        raise DatasetNotFoundError("prepared", {Path(directory).absolute(): [MANIFEST]}, hint)
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -172,7 +172,8 @@ def is_prepared(directory: str | Path) -> bool:
 
 def _check_size(path: Path, expected: int) -> None:
     if not path.is_file():
-        raise DatasetNotFoundError("prepared", {path.parent.absolute(): [path.name]}, "The prepared directory is incomplete.")
+        hint = "The prepared directory is incomplete."
+        raise DatasetNotFoundError("prepared", {path.parent.absolute(): [path.name]}, hint)
     found = path.stat().st_size
     if found != expected:
         raise CorruptDataError(path, f"size {found} bytes, manifest says {expected}: truncated or replaced")
@@ -222,7 +223,9 @@ class ImageDataset(Dataset):
         self.attribute_names = split.attribute_names
 
     @classmethod
-    def from_prepared(cls, directory: str | Path, split: str, *, verify: bool = True, mmap: bool = False) -> "ImageDataset":
+    def from_prepared(
+        cls, directory: str | Path, split: str, *, verify: bool = True, mmap: bool = False
+    ) -> "ImageDataset":
         return cls(load_prepared(directory, split, verify=verify, mmap=mmap))
 
     def __len__(self) -> int:

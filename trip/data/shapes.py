@@ -10,20 +10,25 @@ multimodal by construction -- the setting that the TRIP paper's claim is about.
 
 Attributes (column order of ``Split.attributes``; 1 means the named property holds):
 
-==================  ==============================================================  ===============
-name                meaning when 1 (0 is the opposite)                              P(1)
-==================  ==============================================================  ===============
-square              main shape is a square (0: a circle of equal area)              0.5
-large               main shape radius is 19-24% of the image side (0: 10-14%)       0.5
-warm                fill hue is red/orange/yellow (0: green/cyan/blue/violet)       see below
-left                main shape centre is in the left half (0: right half)           0.5
-top                 main shape centre is in the top half (0: bottom half)           0.5
-outline             a contrasting ring is drawn around the main shape              see below
-dark_background     background brightness 0.03-0.22 (0: 0.72-0.95)                 0.5
-second_object       a small dot of the complementary hue sits in the opposite       see below
-                    quadrant
-striped             the fill has three darker stripes along the shape's rotation    see below
-==================  ==============================================================  ===============
+===============  ==================================================================  =====
+name             meaning when 1 (0 is the opposite)                                  P(1)
+===============  ==================================================================  =====
+square           main shape is a square (0: a circle of equal area)                  0.5
+large            main shape radius is 19-24% of the image side (0: 10-14%)           0.5
+warm             fill hue is red/orange/yellow (0: green/cyan/blue/violet)           0.525
+left             main shape centre is in the left half (0: right half)               0.5
+top              main shape centre is in the top half (0: bottom half)               0.5
+outline          a ring in a contrasting grey is drawn around the main shape         0.45
+dark_background  background brightness is 0.03-0.22 (0: 0.72-0.95)                   0.5
+second_object    a small dot of the complementary hue sits in the opposite quadrant  0.30
+striped          the fill is crossed by darker stripes that turn with the shape      0.40
+===============  ==================================================================  =====
+
+Continuous nuisance, uniform within each attribute value: centre +-0.07 of the
+side around 0.32 / 0.68; radius within its range; rotation 0-360 degrees;
+fill hue within its family, saturation 0.55-1, value 0.75-1; background tint
+(any hue, saturation 0.15), brightness within its range and a linear gradient
+of up to +-0.08 in a random direction; dot position +-0.04; stripe phase.
 
 Correlated attributes, as in real data (the generator samples exactly these):
 
@@ -33,20 +38,24 @@ Correlated attributes, as in real data (the generator samples exactly these):
 - P(second_object=1 | large=1) = 0.15,  P(second_object=1 | large=0) = 0.45   -> P(second_object) = 0.30
   (a negative correlation: a large shape leaves little room for a second one)
 
-All other pairs are independent.
+``outline`` and ``second_object`` are therefore correlated too, but only through
+their common parent ``large``; all other pairs are independent.
 
 Generator. Row ``i`` of a split is a pure function of one row of
 ``NUM_UNIFORMS`` uniforms drawn from ``numpy.random.default_rng([seed, split_id])``
 (train 0, test 1): attributes by thresholding, nuisance parameters by scaling.
-So the same seed gives byte-identical arrays, train and test are independent
-streams, and the first ``k`` images of a larger set equal a set of size ``k``.
+So the same seed gives byte-identical arrays (on one platform: float32 sin/cos
+may differ in the last bit between CPU instruction sets, which can move a rare
+pixel by one level), train and test are independent streams, and the first
+``k`` images of a larger set equal a set of size ``k``.
 Rendering is vectorised over a chunk of images with anti-aliased edges: for
 each pixel the signed distance to the shape boundary (in pixels) is turned into
 a coverage in [0, 1], and the layers (background, outline, fill, dot) are
 alpha-composited.
 
-Speed (measured on the 2-core development machine, numpy float32):
-20k train + 2k test at 32x32 take about 1.4 s; at 64x64 about 5 s.
+Speed (``load_shapes()`` wall time on the 2-core development machine, numpy
+float32): 20k train + 2k test at 32x32 take 0.7-1.2 s (up to 4 s while other
+jobs load the machine); at 64x64, 3-5 s.
 """
 
 from __future__ import annotations
@@ -157,7 +166,8 @@ def render(attrs: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
     # Gradient: a gentle linear ramp of the background in a random direction.
     phi = (p["bg_angle"] * 2 * np.pi).astype(f32)[:, None, None]
     slope = ((p["bg_slope"] - 0.5) * 0.16).astype(f32)[:, None, None]
-    ramp = slope * ((grid[None, None, :] - size / 2) * np.cos(phi) + (grid[None, :, None] - size / 2) * np.sin(phi)) / size
+    centred = grid - size / 2
+    ramp = slope * (centred[None, None, :] * np.cos(phi) + centred[None, :, None] * np.sin(phi)) / size
     # Outline: a ring just outside the shape, in a grey that contrasts with the background.
     ring = _coverage(inside_px + OUTLINE_WIDTH * size) * a["outline"][:, None, None]
     fill = _coverage(inside_px)
@@ -179,14 +189,18 @@ def render(attrs: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).reshape(n, 3, size, size)
 
 
-def generate_shapes(n: int, image_size: int = 32, seed: int = 0, split: str = "train", chunk: int = 1024) -> Split:
-    """Generate ``n`` images of one split. Deterministic in (seed, split); ``chunk`` only bounds memory."""
+def generate_shapes(
+    n: int, image_size: int = 32, seed: int = 0, split: str = "train", chunk: int | None = None
+) -> Split:
+    """Generate ``n`` images of one split. Deterministic in (seed, split); ``chunk`` never changes the output."""
     if split not in SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     u = np.random.default_rng([seed, SPLIT_IDS[split]]).random((n, NUM_UNIFORMS))
     attrs = sample_attributes(u)
+    # About 64k pixels per chunk keeps every temporary in cache; 4x larger chunks run 3x slower.
+    chunk = chunk or max(1, 2**16 // image_size**2)
     images = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
     for start in range(0, n, chunk):
         stop = start + chunk
