@@ -1,0 +1,87 @@
+"""WGAN / WGAN-GP losses and the REINFORCE estimator for learnable priors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from trip.models.gan import WassersteinGAN, gradient_penalty, reinforce_surrogate
+from trip.priors import NormalPrior, TRIPPrior
+
+
+def _exact_and_expected_estimate(rewards: torch.Tensor, logits: torch.Tensor, count: int, rescale: bool):
+    """Exact grad of E[r] for a categorical, and the estimator's expectation over all sample tuples."""
+    logits = logits.clone().requires_grad_()
+    probs = torch.softmax(logits, 0)
+    (exact,) = torch.autograd.grad((probs * rewards).sum(), logits)
+    expected = torch.zeros_like(logits)
+    for tup in itertools.product(range(len(rewards)), repeat=count):
+        idx = torch.tensor(tup)
+        weight = probs.detach()[idx].prod()
+        log_p = torch.log_softmax(logits, 0)[idx]
+        surrogate = reinforce_surrogate(log_p, rewards[idx])
+        if not rescale:  # the paper's raw batch-mean baseline
+            surrogate = surrogate * (count - 1) / count
+        (g,) = torch.autograd.grad(surrogate, logits)
+        expected += weight * g
+    return exact, expected
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_reinforce_expectation_equals_exact_gradient(count):
+    rewards = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    logits = torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64)
+    exact, expected = _exact_and_expected_estimate(rewards, logits, count, rescale=True)
+    torch.testing.assert_close(expected, exact, rtol=1e-10, atol=1e-12)
+    # The paper's (d_i - mean d) form is biased by exactly (l - 1) / l; we rescale it away.
+    _, raw = _exact_and_expected_estimate(rewards, logits, count, rescale=False)
+    torch.testing.assert_close(raw, exact * (count - 1) / count, rtol=1e-10, atol=1e-12)
+
+
+def test_reinforce_needs_two_samples():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        reinforce_surrogate(torch.zeros(1), torch.zeros(1))
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    w = torch.randn(3 * 4 * 4)
+    critic = lambda x: x.flatten(1) @ w  # noqa: E731  gradient is w everywhere
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(gradient_penalty(critic, real, fake), (w.norm() - 1) ** 2)
+
+
+class _Tiny(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.net = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.net(x.flatten(1)).squeeze(-1)
+
+
+def test_wgan_clips_and_prior_gets_reinforce_gradient_only_when_learnable():
+    gen = nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)))
+    for learnable in (True, False):
+        prior = TRIPPrior(4, 3, 2, learnable=learnable)
+        gan = WassersteinGAN(gen, _Tiny(12, 1), prior, variant="wgan", clip=0.01)
+        loss, stats = gan.critic_loss(torch.randn(8, 3, 2, 2))
+        assert "gp" not in stats and torch.isfinite(loss)
+        gan.clip_critic()
+        assert all(p.abs().max() <= 0.01 for p in gan.critic.parameters())
+        loss, stats = gan.generator_and_prior_loss(8)
+        loss.backward()
+        assert ("prior_surrogate" in stats) == learnable
+        grads = [p.grad for p in prior.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads) if learnable else all(g is None for g in grads)
+
+
+def test_wgan_gp_critic_loss_includes_penalty():
+    gen = nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)))
+    gan = WassersteinGAN(gen, _Tiny(12, 1), NormalPrior(4), variant="wgan_gp", gp_weight=10.0)
+    loss, stats = gan.critic_loss(torch.randn(8, 3, 2, 2))
+    assert stats["gp"] >= 0 and abs(loss.item() - (-stats["wasserstein"] + 10 * stats["gp"])) < 1e-4
+    with pytest.raises(ValueError, match="variant"):
+        WassersteinGAN(gen, _Tiny(12, 1), NormalPrior(4), variant="gan")

@@ -1,0 +1,243 @@
+"""The run configuration: typed dataclasses, read once, validated, then passed down.
+
+A run is one (dataset, model, prior, seed). ``load_config`` turns a nested
+dict (from YAML) into a :class:`RunConfig`; unknown keys, wrong types and
+impossible values raise ``ConfigError`` naming the dotted key, before any
+data is loaded or any network is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message starts with the dotted key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # a name in trip.data.DATASETS
+    image_size: int = 32
+    options: dict = field(default_factory=dict)  # extra keyword options of the loader
+    prepared_root: str = "data/prepared"  # prepared arrays are cached here, keyed by name and options
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vae"  # vae | wgan | wgan_gp
+    arch: str = "small"  # a name in trip.models.architectures.ARCHITECTURES
+    latent_dim: int = 16
+    likelihood: str = "discretized_gaussian"  # VAE decoder likelihood
+
+
+@dataclass
+class PriorConfig:
+    name: str = "normal"  # normal | gmm | trip
+    learnable: bool = True
+    dim: int | None = None  # defaults to model.latent_dim; set only to pin it
+    n_components: int = 10  # N per dimension (TRIP) or K in total (GMM)
+    core_size: int = 20  # TRIP core size m
+    mean_range: list = field(default_factory=lambda: [-1.0, 1.0])
+    init_std: float | None = None  # default: half the spacing of N means on mean_range (1/N on [-1, 1])
+    core_init_std: float = 0.5
+    # VAE-TRIP re-initialisation from encoder codes (paper, Sec. 3.1): at the start,
+    # after epoch `reinit_first`, then every `reinit_every` epochs (0 disables).
+    reinit_first: int = 1
+    reinit_every: int = 5
+    reinit_codes: int = 10000  # training images encoded for each re-initialisation
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000  # generator (GAN) or optimiser (VAE) steps
+    batch_size: int = 64
+    lr: float = 1e-3
+    prior_lr: float | None = None  # defaults to lr
+    optimizer: str = "adam"  # adam | rmsprop
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    n_critic: int = 5
+    clip: float = 0.01  # WGAN weight clipping
+    gp_weight: float = 10.0  # WGAN-GP gamma
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_count: int = 64
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_dir: str = "runs/default"
+
+    @property
+    def prior_dim(self) -> int:
+        return self.model.latent_dim if self.prior.dim is None else self.prior.dim
+
+
+# -- reading ---------------------------------------------------------------------------
+def load_config(raw: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build and validate a RunConfig from a nested dict and ``key.path=value`` overrides."""
+    raw = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = _build(RunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
+    raw.pop("config_hash", None)  # written into run directories' config.yaml
+    return load_config(raw, overrides)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, value = item.split("=", 1)
+    node = raw
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls, raw: Any, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key, kind = f"{prefix}{name}", hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, key + ".")
+        else:
+            values[name] = _check_type(key, value, kind)
+    return cls(**values)
+
+
+def _check_type(key: str, value: Any, kind) -> Any:
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t in (int, str, bool, list, dict) and type(value) is t:
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+# -- validation ------------------------------------------------------------------------
+def validate(cfg: RunConfig) -> None:
+    """Every check that can fail before training starts; messages name the key."""
+    from trip.data import DATASETS
+    from trip.models import MODELS
+    from trip.models.architectures import ARCHITECTURES, check_image_size
+    from trip.models.likelihoods import LIKELIHOODS
+    from trip.priors import PRIORS
+
+    for key, registry, name in (
+        ("data.name", DATASETS, cfg.data.name),
+        ("model.name", MODELS, cfg.model.name),
+        ("model.arch", ARCHITECTURES, cfg.model.arch),
+        ("model.likelihood", LIKELIHOODS, cfg.model.likelihood),
+        ("prior.name", PRIORS, cfg.prior.name),
+    ):
+        if name not in registry:
+            raise ConfigError(f"{key}: unknown name {name!r}; known: {', '.join(registry.names())}")
+    _check_loader_options(DATASETS.get(cfg.data.name), cfg.data.options)
+    try:
+        check_image_size(cfg.model.arch, cfg.data.image_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None  # the message names data.image_size
+    _positive(cfg, ["model.latent_dim", "prior.n_components", "prior.core_size", "prior.reinit_codes"])
+    _positive(cfg, ["train.steps", "train.batch_size", "train.n_critic", "train.log_every"])
+    _positive(cfg, ["train.checkpoint_every", "train.sample_count", "train.lr", "train.gp_weight"])
+    if cfg.prior.dim is not None and cfg.prior.dim != cfg.model.latent_dim:
+        raise ConfigError(
+            f"prior.dim: {cfg.prior.dim} does not match model.latent_dim {cfg.model.latent_dim}"
+        )
+    if cfg.prior.name == "trip" and cfg.prior.reinit_codes < cfg.prior.n_components:
+        raise ConfigError(
+            f"prior.reinit_codes: {cfg.prior.reinit_codes} codes cannot fit {cfg.prior.n_components} components"
+        )
+    if cfg.train.prior_lr is not None and not cfg.train.prior_lr > 0:
+        raise ConfigError(f"train.prior_lr: must be > 0, got {cfg.train.prior_lr}")
+    if cfg.train.optimizer not in ("adam", "rmsprop"):
+        raise ConfigError(f"train.optimizer: must be adam or rmsprop, got {cfg.train.optimizer!r}")
+    if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
+        raise ConfigError(f"train.betas: must be two numbers in [0, 1), got {cfg.train.betas}")
+    if not cfg.train.clip > 0:
+        raise ConfigError(f"train.clip: must be > 0, got {cfg.train.clip}")
+    if cfg.prior.reinit_first < 0 or cfg.prior.reinit_every < 0:
+        raise ConfigError("prior.reinit_first / prior.reinit_every: must be >= 0")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    low, high = cfg.prior.mean_range if len(cfg.prior.mean_range) == 2 else (1, 0)
+    if not low < high:
+        raise ConfigError(f"prior.mean_range: must be [low, high] with low < high, got {cfg.prior.mean_range}")
+
+
+def _positive(cfg: RunConfig, keys: list[str]) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not value > 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _check_loader_options(loader, options: dict) -> None:
+    accepted = inspect.signature(loader).parameters
+    for name in options:
+        if name == "image_size":
+            raise ConfigError("data.options.image_size: set data.image_size instead")
+        if name not in accepted:
+            raise ConfigError(f"data.options.{name}: not an option of this dataset (options: {', '.join(accepted)})")
+
+
+# -- identity --------------------------------------------------------------------------
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Content hash of everything that changes the result (not where it is written or run)."""
+    content = to_dict(cfg)
+    for key in ("run_dir", "device"):
+        content.pop(key)
+    for key in ("log_every", "checkpoint_every"):  # resumes are exact, so these change nothing
+        content["train"].pop(key)
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

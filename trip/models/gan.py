@@ -1,0 +1,102 @@
+"""WGAN (weight clipping) and WGAN-GP (gradient penalty) with a plug-in prior.
+
+Learnable priors are trained with REINFORCE (paper Eq. 10): the generator's
+codes are drawn from p_psi and detached, and psi follows
+mean_i grad log p_psi(z_i) * (d_i - baseline), d_i the critic's score of G(z_i).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from trip.priors import Prior
+
+
+def reinforce_surrogate(log_prob: Tensor, reward: Tensor) -> Tensor:
+    """A scalar whose gradient is the REINFORCE estimate of grad E_p[reward] (to maximise).
+
+    The paper's baseline is the batch mean of the rewards. That estimate's
+    expectation is (l-1)/l times the true gradient for l samples, because each
+    reward also enters its own baseline; rescaling by l/(l-1) gives the
+    leave-one-out baseline, which is exactly unbiased.
+    """
+    count = reward.shape[0]
+    if count < 2:
+        raise ValueError("REINFORCE with a batch-mean baseline needs at least 2 samples")
+    advantage = (reward - reward.mean()).detach() * (count / (count - 1))
+    return (log_prob * advantage).mean()
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """Gulrajani et al.: E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates, per-sample norms."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+class WassersteinGAN(nn.Module):
+    """Generator, critic and prior, with the losses of one training step each.
+
+    ``variant`` is ``"wgan"`` (clip the critic's weights to [-clip, clip]) or
+    ``"wgan_gp"`` (gradient penalty with weight ``gp_weight``).
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module,
+        prior: Prior,
+        variant: str = "wgan_gp",
+        clip: float = 0.01,
+        gp_weight: float = 10.0,
+    ):
+        super().__init__()
+        if variant not in ("wgan", "wgan_gp"):
+            raise ValueError(f"variant must be 'wgan' or 'wgan_gp', got {variant!r}")
+        self.generator, self.critic, self.prior = generator, critic, prior
+        self.variant, self.clip, self.gp_weight = variant, clip, gp_weight
+
+    def codes(self, n: int) -> Tensor:
+        """Prior samples, detached from psi: the generator never differentiates through them."""
+        return self.prior.sample(n).detach()
+
+    def critic_loss(self, real: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """E[D(fake)] - E[D(real)] (+ gamma * GP): minimising it widens the critic's gap."""
+        with torch.no_grad():
+            fake = self.generator(self.codes(real.shape[0]))
+        real_score, fake_score = self.critic(real).mean(), self.critic(fake).mean()
+        loss = fake_score - real_score
+        stats = {"wasserstein": (real_score - fake_score).item()}
+        if self.variant == "wgan_gp":
+            penalty = gradient_penalty(self.critic, real, fake)
+            loss = loss + self.gp_weight * penalty
+            stats["gp"] = penalty.item()
+        return loss, stats
+
+    @torch.no_grad()
+    def clip_critic(self) -> None:
+        if self.variant == "wgan":
+            for p in self.critic.parameters():
+                p.clamp_(-self.clip, self.clip)
+
+    def generator_and_prior_loss(self, n: int) -> tuple[Tensor, dict[str, float]]:
+        """-E[D(G(z))] for the generator plus, for a learnable prior, -REINFORCE surrogate.
+
+        One batch of codes serves both: the generator's gradient flows through
+        G(z) only, the prior's through log p(z) only (the scores are detached).
+        """
+        z = self.codes(n)
+        scores = self.critic(self.generator(z))
+        loss = -scores.mean()
+        stats = {"g_loss": loss.item()}
+        if self.prior.learnable:
+            surrogate = reinforce_surrogate(self.prior.log_prob(z), scores.detach())
+            loss = loss - surrogate
+            stats["prior_surrogate"] = surrogate.item()
+        return loss, stats
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.generator(self.codes(n))
