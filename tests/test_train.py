@@ -12,38 +12,12 @@ from trip.models import MODELS
 from trip.profiles import resolve
 from trip.train import load_run, run
 
-PRIOR_VARIANTS = {
-    "normal": {"name": "normal"},
-    "gmm_fixed": {"name": "gmm", "learnable": False},
-    "gmm_learnable": {"name": "gmm", "learnable": True},
-    "trip_fixed": {"name": "trip", "learnable": False},
-    "trip_learnable": {"name": "trip", "learnable": True},
-}
+PRIOR_VARIANTS = ["normal", "gmm_fixed", "gmm_learnable", "trip_fixed", "trip_learnable"]
 
 
-def tiny_profile(root) -> dict:
-    return {
-        "name": "tiny",
-        "base": {
-            "data": {"name": "shapes", "image_size": 16, "options": {"n_train": 96, "n_test": 32, "seed": 0},
-                     "prepared_root": str(root / "prepared")},
-            "model": {"arch": "small", "latent_dim": 4},
-            "prior": {"n_components": 3, "core_size": 2, "reinit_codes": 64},
-            "train": {"steps": 3, "batch_size": 16, "log_every": 1, "checkpoint_every": 2, "sample_count": 4},
-            "device": "cpu",
-        },
-        "models": {
-            "vae": {"model": {"name": "vae"}, "train": {"lr": 1e-3}},
-            "wgan": {"model": {"name": "wgan"}, "train": {"optimizer": "rmsprop", "lr": 5e-5, "n_critic": 2}},
-            "wgan_gp": {"model": {"name": "wgan_gp"}, "train": {"lr": 1e-4, "betas": [0.5, 0.9], "n_critic": 2}},
-        },
-        "priors": PRIOR_VARIANTS,
-    }
-
-
-@pytest.mark.parametrize("prior", list(PRIOR_VARIANTS))
+@pytest.mark.parametrize("prior", PRIOR_VARIANTS)
 @pytest.mark.parametrize("model", ["vae", "wgan", "wgan_gp"])
-def test_every_model_and_prior_trains(tmp_path, model, prior):
+def test_every_model_and_prior_trains(tiny_profile, tmp_path, model, prior):
     cfg = resolve(tiny_profile(tmp_path), model, prior, seed=0, run_root=tmp_path / "runs")
     torch.manual_seed(cfg.seed)
     initial = MODELS.get(model)(cfg, 3).state_dict()
@@ -66,7 +40,7 @@ def test_every_model_and_prior_trains(tmp_path, model, prior):
         assert not changed, f"a fixed prior moved: {changed}"
 
 
-def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
+def test_resume_after_stop_equals_uninterrupted_run(tiny_profile, tmp_path):
     profile = tiny_profile(tmp_path)
     profile["base"]["train"].update(steps=6, checkpoint_every=100)
     full = resolve(profile, "wgan_gp", "trip_learnable", seed=3, run_root=tmp_path / "a")
@@ -86,7 +60,7 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
     assert strip(log_a) == strip(log_b)
 
 
-def test_vae_trip_resume_across_reinitialisation(tmp_path):
+def test_vae_trip_resume_across_reinitialisation(tiny_profile, tmp_path):
     """Epochs are 6 steps here, so the paper's re-initialisation after epoch 1 falls inside the run."""
     profile = tiny_profile(tmp_path)
     profile["base"]["train"].update(steps=9, checkpoint_every=100)
@@ -100,7 +74,7 @@ def test_vae_trip_resume_across_reinitialisation(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_complete_runs_are_skipped_and_foreign_dirs_refused(tmp_path):
+def test_complete_runs_are_skipped_and_foreign_dirs_refused(tiny_profile, tmp_path):
     cfg = resolve(tiny_profile(tmp_path), "vae", "normal", seed=0, run_root=tmp_path / "runs")
     assert not run(cfg, progress=False).skipped
     assert run(cfg, progress=False).skipped
@@ -125,12 +99,12 @@ def test_complete_runs_are_skipped_and_foreign_dirs_refused(tmp_path):
         (["prior.reinit_codes=2"], "prior.reinit_codes: 2 codes cannot fit 3 components"),
     ],
 )
-def test_bad_configs_name_the_key(tmp_path, override, message):
+def test_bad_configs_name_the_key(tiny_profile, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         resolve(tiny_profile(tmp_path), "vae", "trip_learnable", seed=0, overrides=override)
 
 
-def test_cli_trains_a_run_from_a_profile(tmp_path):
+def test_cli_trains_a_run_from_a_profile(tiny_profile, tmp_path):
     import subprocess
     import sys
 

@@ -75,11 +75,32 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What ``python -m trip.evaluate`` computes; not part of the run's identity."""
+
+    fid_samples: int = 1000  # generated images, and reference images of fid_split
+    fid_split: str = "train"
+    fid_batch_size: int = 50
+    fid_stats_dir: str = "data/fid_stats"
+    likelihood_examples: int = 1000  # test images for ELBO and IWAE (VAE)
+    iwae_k: int = 100
+    reversal_examples: int = 256  # training images reversed into codes (GAN)
+    reversal_steps: int = 200
+    disagreement_prior_samples: int = 2000
+    disagreement_count: int = 16
+    hop_trajectories: int = 6
+    hop_steps: int = 8
+    hop_dims: int = 5
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_dir: str = "runs/default"
@@ -182,6 +203,16 @@ def validate(cfg: RunConfig) -> None:
     _positive(cfg, ["model.latent_dim", "prior.n_components", "prior.core_size", "prior.reinit_codes"])
     _positive(cfg, ["train.steps", "train.batch_size", "train.n_critic", "train.log_every"])
     _positive(cfg, ["train.checkpoint_every", "train.sample_count", "train.lr", "train.gp_weight"])
+    _positive(cfg, ["eval.fid_samples", "eval.fid_batch_size", "eval.likelihood_examples", "eval.iwae_k"])
+    _positive(cfg, ["eval.reversal_examples", "eval.reversal_steps", "eval.disagreement_prior_samples"])
+    _positive(cfg, ["eval.disagreement_count", "eval.hop_trajectories", "eval.hop_steps", "eval.hop_dims"])
+    if cfg.model.name != "vae" and cfg.eval.reversal_examples < cfg.model.latent_dim:
+        raise ConfigError(
+            f"eval.reversal_examples: {cfg.eval.reversal_examples} codes give a singular code matrix "
+            f"in {cfg.model.latent_dim} dimensions (PAG = inf); use at least model.latent_dim"
+        )
+    if cfg.eval.fid_split not in ("train", "test"):
+        raise ConfigError(f"eval.fid_split: must be train or test, got {cfg.eval.fid_split!r}")
     if cfg.prior.dim is not None and cfg.prior.dim != cfg.model.latent_dim:
         raise ConfigError(
             f"prior.dim: {cfg.prior.dim} does not match model.latent_dim {cfg.model.latent_dim}"
@@ -232,7 +263,7 @@ def to_dict(cfg: RunConfig) -> dict:
 def config_hash(cfg: RunConfig) -> str:
     """Content hash of everything that changes the result (not where it is written or run)."""
     content = to_dict(cfg)
-    for key in ("run_dir", "device"):
+    for key in ("run_dir", "device", "eval"):
         content.pop(key)
     for key in ("log_every", "checkpoint_every"):  # resumes are exact, so these change nothing
         content["train"].pop(key)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from trip.figures import plot_prior_density
 from trip.priors import GMMPrior, NormalPrior, Prior, TRIPPrior
 
 
@@ -41,33 +42,6 @@ def fit(prior: Prior, codes: torch.Tensor, steps: int, lr: float, name: str) -> 
         opt.step()
         curve.append(loss.item())
     return curve
-
-
-def plot_densities(priors: dict[str, Prior], path: Path, lim: float = 4.5) -> None:
-    """Exact marginal density over (z_1, z_2), every other dimension summed out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = torch.linspace(-lim, lim, 150)
-    zz = torch.cartesian_prod(grid, grid)
-    fig, axes = plt.subplots(1, len(priors), figsize=(4 * len(priors), 4))
-    for ax, (name, prior) in zip(axes, priors.items()):
-        z = torch.zeros(zz.shape[0], prior.dim)
-        z[:, :2] = zz
-        mask = torch.zeros(prior.dim, dtype=torch.bool)
-        mask[:2] = True
-        with torch.no_grad():
-            density = prior.log_prob(z, mask).exp().view(150, 150).T
-        ax.contourf(grid, grid, density, levels=30, cmap="viridis")
-        ax.set_title(name)
-        ax.set_xlabel("$z_1$")
-        ax.set_ylabel("$z_2$")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -108,7 +82,7 @@ def main(argv=None) -> None:
     with torch.no_grad():
         print(f"{'teacher (ceiling)':28s} {'':8s} {teacher.log_prob(test).mean().item() / args.dim:20.4f}")
     figure = args.out / "prior_densities.png"
-    plot_densities({"teacher": teacher, **students}, figure)
+    plot_prior_density({"teacher": teacher, **students}, figure, lim=4.5, title="exact marginals p(z_1, z_2)")
     print(f"wrote {figure}")
 
 

@@ -374,6 +374,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = MODELS.get(cfg.model.name)(cfg, state["channels"]).to(device)
     model.load_state_dict(state["model"])
+    model.image_channels = state["channels"]
     return cfg, model.eval()
 
 

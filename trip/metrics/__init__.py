@@ -1,6 +1,6 @@
-"""Evaluation metrics.
+"""Evaluation metrics: FID (offline pytorch-fid), generator reversal and the PAG score.
 
-    from trip.metrics import compute_fid, reference_stats
+    from trip.metrics import compute_fid, reference_stats, pag_score, reverse_generator
 """
 
 from trip.metrics.fid import (
@@ -20,6 +20,7 @@ from trip.metrics.fid import (
     stats_key,
     to_uint8,
 )
+from trip.metrics.reversal import disagreement_indices, evaluate_reversal, pag_score, reverse_generator
 
 __all__ = [
     "FEATURE_DIM",
@@ -37,4 +38,8 @@ __all__ = [
     "save_stats",
     "stats_key",
     "to_uint8",
+    "disagreement_indices",
+    "evaluate_reversal",
+    "pag_score",
+    "reverse_generator",
 ]
