@@ -1,0 +1,1 @@
+"""Orchestration of the experiment pipeline: Ray execution, MLflow tracking, reports, tuning."""

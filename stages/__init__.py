@@ -1,0 +1,1 @@
+"""DVC stage entry points: one module per stage of dvc.yaml."""
