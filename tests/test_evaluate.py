@@ -93,3 +93,12 @@ def test_clear_errors_for_missing_or_incomplete_runs(tiny_profile, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([cfg.run_dir, "--set", "train.lr=1"])
     assert exit_info.value.code == 2
+
+
+def test_results_can_go_to_a_separate_directory(trained, tmp_path):
+    run_dir = trained("vae", "normal")
+    before = sorted(p.name for p in (tmp_path / "runs/tiny/vae-normal-s0").iterdir())
+    out = tmp_path / "evals" / "vae-normal-s0"
+    evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=StubFeatures().eval(), out_dir=out)
+    assert (out / "eval.json").exists() and (out / "figures" / "samples.png").exists()
+    assert sorted(p.name for p in (tmp_path / "runs/tiny/vae-normal-s0").iterdir()) == before

@@ -116,7 +116,7 @@ def load_config(raw: dict | None = None, overrides: list[str] | None = None) -> 
     raw = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
     for item in overrides or []:
         _apply_override(raw, item)
-    cfg = _build(RunConfig, raw, "")
+    cfg = build_dataclass(RunConfig, raw, "")
     validate(cfg)
     return cfg
 
@@ -146,7 +146,8 @@ def _apply_override(raw: dict, item: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
-def _build(cls, raw: Any, prefix: str):
+def build_dataclass(cls, raw: Any, prefix: str = ""):
+    """A dataclass instance from a nested dict, type-checked; errors name the dotted key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -158,7 +159,7 @@ def _build(cls, raw: Any, prefix: str):
     for name, value in raw.items():
         key, kind = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, value, key + ".")
+            values[name] = build_dataclass(kind, value, key + ".")
         else:
             values[name] = _check_type(key, value, kind)
     return cls(**values)
@@ -267,6 +268,7 @@ def config_hash(cfg: RunConfig) -> str:
         content.pop(key)
     for key in ("log_every", "checkpoint_every"):  # resumes are exact, so these change nothing
         content["train"].pop(key)
+    content["data"].pop("prepared_root")  # a cache location, not an input
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -67,16 +67,24 @@ def _batched_samples(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
 
 
 # -- parts -----------------------------------------------------------------------------
-def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+def reference_statistics(cfg: RunConfig, ev: EvalConfig, train: Split, test: Split, device,
+                         model=None, progress: bool = False):
+    """Cached Inception statistics of the reference split: (stats, count, feature model)."""
     reference_split = train if ev.fid_split == "train" else test
     count = min(ev.fid_samples, reference_split.images.shape[0])
-    inception = ctx.get("fid_model") or fidlib.load_inception(ctx["device"])
+    inception = model or fidlib.load_inception(device)
     # The cache key names the dataset, its loader options, and a stand-in feature model if any.
-    name = f"{cfg.data.name.replace('_', '-')}-{_digest(cfg.data.options)[:6]}" + ("-custom" if ctx.get("fid_model") else "")
+    name = f"{cfg.data.name.replace('_', '-')}-{_digest(cfg.data.options)[:6]}" + ("-custom" if model else "")
     stats = fidlib.reference_stats(
-        name, ev.fid_split, cfg.data.image_size, count,
-        lambda: reference_split.images[:count], Path(ev.fid_stats_dir), batch_size=ev.fid_batch_size,
-        device=ctx["device"], model=inception, progress=ctx["progress"],
+        name, ev.fid_split, cfg.data.image_size, count, lambda: reference_split.images[:count],
+        Path(ev.fid_stats_dir), batch_size=ev.fid_batch_size, device=device, model=inception, progress=progress,
+    )
+    return stats, count, inception
+
+
+def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+    stats, count, inception = reference_statistics(
+        cfg, ev, train, test, ctx["device"], ctx.get("fid_model"), ctx["progress"]
     )
     samples = _batched_samples(model, count, ev.fid_batch_size, ev.seed)
     result = fidlib.compute_fid(
@@ -126,8 +134,9 @@ def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConf
 
 def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
     fig_dir, run_dir = ctx["figure_dir"], Path(cfg.run_dir)
+    metrics = run_dir / "metrics.jsonl"
     made = [figures.save_image_grid(_batched_samples(model, 64, 64, ev.seed), fig_dir / "samples.png")]
-    made.append(figures.plot_training_curves(run_dir / "metrics.jsonl", fig_dir / "training_curves.png"))
+    made.append(figures.plot_training_curves(metrics, fig_dir / "training_curves.png"))
     decode = model.decode if isinstance(model, VAE) else model.generator
     prior = model.prior
     if cfg.prior.name in ("gmm", "trip") and prior.dim >= 2:
@@ -136,7 +145,7 @@ def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfi
     hop_dims = min(ev.hop_dims, prior.dim)
     made.append(figures.plot_mode_hopping(prior, lambda z: decode(z).float(), fig_dir / "mode_hopping.png",
                                           ev.hop_trajectories, ev.hop_steps, hop_dims, seed=ev.seed))
-    return {"files": [str(Path(p).relative_to(run_dir)) for p in made]}
+    return {"files": [str(Path(p).relative_to(ctx["out_dir"])) for p in made]}
 
 
 # -- the entry point -------------------------------------------------------------------
@@ -148,12 +157,15 @@ PARTS = {"fid": fid_part, "likelihood": likelihood_part, "reversal": reversal_pa
 
 
 def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "auto",
-             progress: bool | None = None, fid_model=None) -> dict:
+             progress: bool | None = None, fid_model=None, out_dir: str | Path | None = None) -> dict:
     """Evaluate one complete run; returns the content of its ``eval.json``.
 
+    Results go to ``out_dir`` (default: the run directory itself); the pipeline
+    keeps them apart so that evaluating never modifies a training output.
     ``fid_model`` replaces the Inception network (tests use a small stand-in).
     """
     run_dir = Path(run_dir)
+    out_dir = run_dir if out_dir is None else Path(out_dir)
     if not (run_dir / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run_dir / 'checkpoint.pt'} does not exist: train the run first")
     if not is_complete(run_dir):
@@ -166,9 +178,9 @@ def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "a
         raise ConfigError(f"data: {cfg.data.name} has {train.images.shape[1]}-channel images, "
                           f"but the run was trained on {model.image_channels} channels")
     ctx = {"device": dev, "progress": sys.stderr.isatty() if progress is None else progress,
-           "figure_dir": run_dir / "figures", "fid_model": fid_model}
-    ctx["figure_dir"].mkdir(exist_ok=True)
-    path = run_dir / "eval.json"
+           "figure_dir": out_dir / "figures", "fid_model": fid_model, "out_dir": out_dir}
+    ctx["figure_dir"].mkdir(parents=True, exist_ok=True)
+    path = out_dir / "eval.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     checkpoint = _file_digest(run_dir / "checkpoint.pt")
     out = {"run": {"model": cfg.model.name, "prior": cfg.prior.name, "learnable": cfg.prior.learnable,

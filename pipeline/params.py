@@ -1,0 +1,88 @@
+"""``params.yaml``: read once, validated, resolved into the run configs of the grid.
+
+Everything that can be wrong in ``params.yaml`` or in the profile it names is
+found here, before any stage trains or evaluates anything, and the message
+names the key (``compute.cpus_per_run: must be > 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.ray_runner import ComputeConfig
+from trip.config import ConfigError, RunConfig, build_dataclass
+from trip.profiles import read_profile, resolve, runs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrackingParams:
+    experiment: str | None = None  # default: the profile's name
+    uri: str | None = None  # default sqlite:///mlflow.db at the project root; MLFLOW_TRACKING_URI wins
+
+
+@dataclass
+class PipelineParams:
+    profile: str = "shapes"  # configs/<profile>.yaml
+    seeds: list = field(default_factory=lambda: [0])
+    models: list | None = None  # a subset of the profile's models; default all
+    priors: list | None = None  # a subset of the profile's prior variants; default all
+    overrides: list = field(default_factory=list)  # key=value applied to every run, e.g. "train.steps=100"
+    run_root: str = "runs"
+    eval_root: str = "evals"
+    report_root: str = "reports"
+    plots_root: str = "plots"  # training curves as CSV, declared as DVC plots
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+
+@dataclass
+class Grid:
+    """The validated pipeline: its params, its profile and one RunConfig per run."""
+
+    params: PipelineParams
+    profile: dict
+    runs: dict[str, RunConfig]  # label "model-prior-sS" -> config
+
+    def eval_dir(self, label: str) -> Path:
+        return PROJECT_ROOT / self.params.eval_root / self.profile["name"] / label
+
+    @property
+    def experiment(self) -> str:
+        return self.params.tracking.experiment or self.profile["name"]
+
+
+def load_params(path: str | Path = PROJECT_ROOT / "params.yaml") -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    params = build_dataclass(PipelineParams, raw)
+    params.compute.validate()
+    return resolve_grid(params)
+
+
+def resolve_grid(params: PipelineParams) -> Grid:
+    profile = read_profile(PROJECT_ROOT / "configs" / f"{params.profile}.yaml")
+    if not params.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in params.seeds):
+        raise ConfigError(f"seeds: must be a non-empty list of integers, got {params.seeds!r}")
+    for key in ("models", "priors"):
+        chosen = getattr(params, key)
+        unknown = [n for n in chosen or [] if n not in profile[key]]
+        if unknown:
+            raise ConfigError(f"{key}: {unknown[0]!r} is not in profile {params.profile!r} ({', '.join(profile[key])})")
+    grid = {}
+    root = PROJECT_ROOT / params.run_root
+    for model, prior, seed in runs(profile, params.seeds):
+        if (params.models and model not in params.models) or (params.priors and prior not in params.priors):
+            continue
+        cfg = resolve(profile, model, prior, seed, root, [str(o) for o in params.overrides])
+        # Absolute paths: Ray workers need not share the driver's working directory.
+        cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
+        cfg.eval.fid_stats_dir = str(PROJECT_ROOT / cfg.eval.fid_stats_dir)
+        grid[f"{model}-{prior}-s{seed}"] = cfg
+    return Grid(params, profile, grid)

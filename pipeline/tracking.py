@@ -1,0 +1,489 @@
+"""MLflow tracking for pipeline runs.
+
+Layout in MLflow:
+
+* one experiment per profile (the name the driver passes to :meth:`Tracker.start_parent`);
+* one *parent* run per ``dvc repro`` invocation;
+* one *child* run per trained run directory, nested under the parent through the
+  ``mlflow.parentRunId`` tag. A child carries the flattened config as params, the training
+  curves (``train.<name>``) with their steps, the evaluation numbers (``eval.<name>``), the tags
+  ``model``, ``prior``, ``prior_learnable``, ``dataset``, ``config_hash``, ``seed``, ``stage``,
+  and the artifacts config.yaml, eval.json, samples.png and figures/*.png.
+
+Update rule (idempotency): within one experiment a run is identified by its ``config_hash``
+tag. Logging a run directory whose hash is already there updates that run instead of creating
+a new one: it is re-parented under the current parent, params that are missing are added
+(MLflow params are immutable, existing ones are left alone), a training metric is added only
+if its (key, step) pair is not stored yet, an eval metric only if its value differs from the
+stored latest value (its step counts the revisions: 0, 1, ...; MLflow shows the highest step as
+the run's value), and artifacts are overwritten.
+
+Where the data goes: ``MLFLOW_TRACKING_URI`` if set (e.g. ``http://127.0.0.1:5000`` for a
+tracking server started with ``mlflow server --backend-store-uri sqlite:///mlflow.db``), else
+``sqlite:///<project_root>/mlflow.db``. Artifacts of a new experiment go to
+``<project_root>/mlartifacts/<experiment>`` unless the URI names a server, which then decides.
+
+Concurrency: every read and write goes through one :class:`SerializedLogger`, which owns one
+``MlflowClient``, takes a lock around each call and retries calls that fail because SQLite is
+locked. Parallel Ray workers share one :class:`SerializedLogger` living in a named Ray actor
+(:func:`get_logger_actor`, ``max_concurrency=1``), so SQLite sees a single writer and the
+find-or-create and read-then-write steps of :meth:`Tracker.log_run` are atomic. Separate
+processes that each own a logger lose nothing either (the retries, and a file lock around
+opening a SQLite store, whose first-use migrations must not run twice at once), but two of
+them logging the *same* run directory at the same moment may duplicate a run or a metric:
+use the actor for that.
+
+Ray and MLflow are imported here only; the ``trip`` library never imports them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+# Nothing may reach the network. MLflow starts its telemetry client when it is imported and
+# Ray reads its usage-stats switch when a cluster starts, so these must be set before either
+# is imported; Ray workers inherit them from the driver's environment.
+_OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+for _key, _value in _OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+# MLflow (about 1.5 s to import) and Ray are imported where they are used: a Ray worker that
+# only talks to the logger actor never loads MLflow, and nothing here needs Ray without it.
+
+_log = logging.getLogger(__name__)
+
+# MLflow's own limits (mlflow.utils.validation).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+
+ACTOR_NAMESPACE = "trip-tracking"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Eval numbers that get a short name; everything else numeric is eval.<section>.<field>.
+EVAL_HEADLINES = {
+    "fid.value": "eval.fid",
+    "likelihood.elbo": "eval.elbo",
+    "likelihood.iwae": "eval.iwae",
+    "reversal.pag": "eval.pag",
+}
+# Sections of eval.json that describe the run rather than measure it.
+EVAL_SKIP_SECTIONS = {"run", "figures"}
+
+
+# ----------------------------------------------------------------------------- locations
+
+def tracking_uri(project_root: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute ``sqlite:///`` path at the project root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    """True for stores this machine writes itself (SQLite, files); False for tracking servers."""
+    return not re.match(r"^(https?|databricks[\w-]*)://", uri)
+
+
+def artifact_location(project_root: str | Path, uri: str, experiment: str) -> str | None:
+    """Artifact root for a new experiment: a local folder, unless a server owns the artifacts."""
+    if not is_local_store(uri):
+        return None
+    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("_") or "default"
+    return (Path(project_root).resolve() / "mlartifacts" / slug).as_uri()
+
+
+# ----------------------------------------------------------------------------- retries
+
+_LOCK_MESSAGES = ("database is locked", "database table is locked")  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it wraps, is worth retrying.
+
+    That is SQLite's busy/locked error, whether raw (sqlite3), wrapped by SQLAlchemy or by
+    MLflow, and MLflow's TEMPORARILY_UNAVAILABLE (what a tracking server answers when busy).
+    """
+    from mlflow.exceptions import MlflowException
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(message in str(exc) for message in _LOCK_MESSAGES):
+            return True
+        if isinstance(exc, MlflowException) and exc.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def with_retries(fn: Callable, *args, attempts: int = 12, base_delay: float = 0.05,
+                 max_delay: float = 2.0, **kwargs):
+    """Call ``fn``; on a lock error, sleep a jittered, growing delay and try again.
+
+    A failed SQLAlchemy transaction is rolled back, so repeating the whole call is safe.
+    Full jitter spreads the retries of processes that collided at the same moment.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_lock_error(exc):
+                raise
+            delay = random.uniform(0, min(max_delay, base_delay * 2 ** attempt))
+            _log.info("MLflow store busy (%s); retry %d in %.2fs", exc, attempt + 1, delay)
+            time.sleep(delay)
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str):
+    """Hold an exclusive file lock next to a SQLite store while a client opens it.
+
+    Opening a new store runs MLflow's schema migrations; processes doing that at the same time
+    fail ("table ... already exists", alembic version mismatches) and can leave the file
+    half-migrated, which no retry repairs. Other stores need no lock.
+    """
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if not path or path == ":memory:":
+        yield
+        return
+    lock_path = Path(path + ".init.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- the logger
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SerializedLogger:
+    """The single path for MLflow reads and writes: one client, one call at a time, retried.
+
+    Arguments and results are plain Python values so the same object works locally or inside
+    a Ray actor (see :func:`get_logger_actor` and :class:`ActorLogger`).
+    """
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self._lock = threading.RLock()  # re-entered by update_run
+        with _store_init_lock(uri):
+            self._client = with_retries(MlflowClient, tracking_uri=uri)
+
+    def _call(self, name: str, *args, **kwargs):
+        with self._lock:
+            return with_retries(getattr(self._client, name), *args, **kwargs)
+
+    def experiment_id(self, name: str, location: str | None = None) -> str:
+        """The id of experiment ``name``, created (with artifact root ``location``) if needed."""
+        from mlflow.exceptions import MlflowException
+
+        found = self._call("get_experiment_by_name", name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self._call("create_experiment", name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self._call("get_experiment_by_name", name).experiment_id  # lost a race
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self._call("create_run", experiment_id, tags=tags, run_name=run_name)
+        return run.info.run_id
+
+    def find_or_create_run(self, experiment_id: str, key: str, value: str, run_name: str,
+                           tags: dict[str, str]) -> tuple[str, bool]:
+        """The oldest active run tagged ``key=value``, or a new one; returns (run_id, created).
+
+        One call, so a logger actor makes find-then-create atomic for all its callers.
+        """
+        runs = self._call("search_runs", [experiment_id], filter_string=f"tags.`{key}` = '{value}'",
+                          order_by=["attributes.start_time ASC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id, False
+        return self.create_run(experiment_id, run_name, {**tags, key: value}), True
+
+    def run_state(self, run_id: str) -> dict[str, Any]:
+        """Experiment id, params, latest metric values, tags and status of a run."""
+        run = self._call("get_run", run_id)
+        return {"experiment_id": run.info.experiment_id, "status": run.info.status,
+                "params": dict(run.data.params), "metrics": dict(run.data.metrics),
+                "tags": dict(run.data.tags)}
+
+    def metric_steps(self, run_id: str, keys: Iterable[str]) -> dict[str, set[int]]:
+        """The steps already stored for each metric key."""
+        return {key: {m.step for m in self._call("get_metric_history", run_id, key)}
+                for key in keys}
+
+    def metric_count(self, run_id: str, key: str) -> int:
+        return len(self._call("get_metric_history", run_id, key))
+
+    def log_batch(self, run_id: str, metrics: list[tuple[str, float, int]] = (),
+                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Log ``(key, value, step)`` metrics, params and tags, split to MLflow's batch limits."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        for chunk in _chunks([Metric(k, float(v), now, int(s)) for k, v, s in metrics],
+                             MAX_METRICS_PER_BATCH):
+            self._call("log_batch", run_id, metrics=chunk, synchronous=True)
+        for chunk in _chunks([Param(k, v) for k, v in (params or {}).items()],
+                             MAX_PARAMS_TAGS_PER_BATCH):
+            self._call("log_batch", run_id, params=chunk, synchronous=True)
+        for chunk in _chunks([RunTag(k, v) for k, v in (tags or {}).items()],
+                             MAX_PARAMS_TAGS_PER_BATCH):
+            self._call("log_batch", run_id, tags=chunk, synchronous=True)
+
+    def update_run(self, run_id: str, train: list[tuple[str, float, int]],
+                   evaluation: dict[str, float], params: dict[str, str],
+                   tags: dict[str, str]) -> int:
+        """Add what the run lacks (the update rule of the module docstring); return #metrics.
+
+        Read and write happen under one lock hold, so two workers updating the same run through
+        one logger cannot both decide that the same metric or param is missing.
+        """
+        with self._lock:
+            state = self.run_state(run_id)
+            params = {k: v for k, v in params.items() if k not in state["params"]}
+            metrics = _new_metrics(self, run_id, train, evaluation, state["metrics"])
+            self.log_batch(run_id, metrics, params, tags)
+        return len(metrics)
+
+    def log_artifacts(self, run_id: str, files: list[tuple[str, str | None]]) -> None:
+        """Copy ``(local_path, artifact_dir)`` files into the run's artifact store."""
+        for local_path, artifact_dir in files:
+            self._call("log_artifact", run_id, local_path, artifact_path=artifact_dir)
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("set_terminated", run_id, status=status)
+
+
+# ----------------------------------------------------------------------------- the Ray actor
+
+class ActorLogger:
+    """Blocking stand-in for a :class:`SerializedLogger` that lives in a Ray actor."""
+
+    def __init__(self, actor):
+        self._actor = actor
+
+    def __getattr__(self, name: str):
+        import ray
+
+        if name.startswith("_"):  # keeps copy/pickle from recursing into the actor
+            raise AttributeError(name)
+        method = getattr(self._actor, name)
+        return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
+
+
+@functools.cache
+def _actor_class():
+    import ray
+
+    return ray.remote(SerializedLogger)
+
+
+def get_logger_actor(uri: str):
+    """The named logger actor for ``uri``, started on first use (needs ``ray.init`` first).
+
+    Named per URI in a fixed namespace with ``get_if_exists``, so every worker of the job
+    finds the same actor; ``max_concurrency=1`` makes it execute one call at a time; it takes
+    no CPU so it can never wait behind the workers that are waiting on it. It is detached:
+    a plain named actor dies with whichever worker happened to create it, or as soon as the
+    handle that created it is dropped. ``ray.shutdown()`` of a local cluster ends it; on a
+    long-lived cluster call :func:`stop_logger_actor`.
+    """
+    options = dict(name=_actor_name(uri), namespace=ACTOR_NAMESPACE, get_if_exists=True,
+                   lifetime="detached", max_concurrency=1, num_cpus=0)
+    return _actor_class().options(**options).remote(uri)
+
+
+def stop_logger_actor(uri: str) -> None:
+    """End the logger actor for ``uri`` if there is one; calls already queued are dropped."""
+    import ray
+
+    try:
+        actor = ray.get_actor(_actor_name(uri), namespace=ACTOR_NAMESPACE)
+    except ValueError:  # no such actor
+        return
+    ray.kill(actor)
+
+
+def _actor_name(uri: str) -> str:
+    return "mlflow-logger-" + hashlib.sha1(uri.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- run directory
+
+def _fit_key(key: str) -> str:
+    """A key within MLflow's 250 characters; long ones keep a hash so they stay distinct."""
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return f"{key[:MAX_KEY_LENGTH - 17]}~{digest}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_params(config: dict) -> dict[str, str]:
+    """Flattened config as MLflow params: ``model.name``, ``prior.core_size``, ...
+
+    Strings stay as they are; everything else is JSON (``null``, ``true``, ``[0.9, 0.999]``).
+    """
+    params = {}
+    for key, value in _flatten(config).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        params[_fit_key(key)] = text[:MAX_PARAM_VALUE_LENGTH]
+    return params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def training_metrics(path: Path) -> list[tuple[str, float, int]]:
+    """``(train.<name>, value, step)`` for every numeric field of every metrics.jsonl line."""
+    metrics = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        step = int(record["step"])
+        metrics += [(_fit_key(f"train.{k}"), float(v), step)
+                    for k, v in record.items() if k != "step" and _is_number(v)]
+    return metrics
+
+
+def eval_metrics(evaluation: dict) -> dict[str, float]:
+    """Numeric scalars of eval.json: headlines like ``eval.fid``, else ``eval.<section>.<key>``."""
+    metrics = {}
+    for path, value in _flatten(evaluation).items():
+        if path.split(".")[0] in EVAL_SKIP_SECTIONS or not _is_number(value):
+            continue
+        metrics[_fit_key(EVAL_HEADLINES.get(path, f"eval.{path}"))] = float(value)
+    return metrics
+
+
+def run_tags(config: dict, stage: str) -> dict[str, str]:
+    """The tags every child run carries."""
+    prior = config.get("prior", {})
+    return {
+        "model": str(config["model"]["name"]),
+        "prior": str(prior.get("name")),
+        "prior_learnable": json.dumps(bool(prior.get("learnable", False))),
+        "dataset": str(config["data"]["name"]),
+        "config_hash": str(config["config_hash"]),
+        "seed": str(config.get("seed")),
+        "stage": stage,
+    }
+
+
+def run_artifacts(run_dir: Path, eval_dir: Path | None = None) -> list[tuple[str, str | None]]:
+    """``(local_path, artifact_dir)`` for the files of a run (and its evaluation) that exist."""
+    eval_dir = eval_dir or run_dir
+    top = [(str(d / name), None) for d, name in ((run_dir, "config.yaml"), (eval_dir, "eval.json"),
+                                                 (run_dir, "samples.png")) if (d / name).is_file()]
+    figures = [(str(path), "figures") for path in sorted((eval_dir / "figures").glob("*.png"))]
+    return top + figures
+
+
+def _new_metrics(logger, run_id: str, train: list[tuple[str, float, int]],
+                 evaluation: dict[str, float], latest: dict[str, float]) -> list:
+    """The metrics not stored yet, following the update rule in the module docstring."""
+    changed = {k: v for k, v in evaluation.items() if k not in latest or not _same(latest[k], v)}
+    stored = logger.metric_steps(run_id, sorted({k for k, _, _ in train} | set(changed)))
+    fresh = [(k, v, s) for k, v, s in train if s not in stored[k]]
+    # An eval revision goes one step past the last, so MLflow's latest value is the newest.
+    revised = [(k, v, max(stored[k], default=-1) + 1) for k, v in changed.items()]
+    return fresh + revised
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+# ----------------------------------------------------------------------------- the tracker
+
+class Tracker:
+    """What the pipeline driver uses: parent runs per repro, child runs per run directory.
+
+    ``logger`` is a :class:`SerializedLogger` (default: one for ``uri``) or an
+    :class:`ActorLogger`, which is what Ray workers should pass.
+    """
+
+    def __init__(self, project_root: str | Path, *, uri: str | None = None, logger=None):
+        self.project_root = Path(project_root).resolve()
+        self.uri = uri or tracking_uri(self.project_root)
+        self.logger = logger or SerializedLogger(self.uri)
+
+    def start_parent(self, experiment: str, run_name: str, tags: dict | None = None) -> str:
+        """Open the parent run of one ``dvc repro`` in experiment ``experiment``; return its id."""
+        location = artifact_location(self.project_root, self.uri, experiment)
+        experiment_id = self.logger.experiment_id(experiment, location)
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        return self.logger.create_run(experiment_id, run_name, tags)
+
+    def end_parent(self, parent_id: str, status: str = "FINISHED") -> None:
+        """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        self.logger.set_terminated(parent_id, status)
+
+    def log_run(self, parent_id: str, run_dir: str | Path, stage: str, eval_dir: str | Path | None = None) -> str:
+        """Log (or update) the child run for ``run_dir`` under ``parent_id``; return its id.
+
+        ``eval_dir`` holds the run's eval.json and figures when they are kept apart from it.
+        """
+        run_dir = Path(run_dir)
+        eval_dir = Path(eval_dir) if eval_dir else run_dir
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        tags = {**run_tags(config, stage), PARENT_TAG: parent_id}
+        metrics_file, eval_file = run_dir / "metrics.jsonl", eval_dir / "eval.json"
+        train = training_metrics(metrics_file) if metrics_file.is_file() else []
+        evaluation = eval_metrics(json.loads(eval_file.read_text())) if eval_file.is_file() else {}
+
+        experiment_id = self.logger.run_state(parent_id)["experiment_id"]
+        run_id, _ = self.logger.find_or_create_run(
+            experiment_id, "config_hash", tags["config_hash"], run_dir.name, tags)
+        self.logger.update_run(run_id, train, evaluation, config_params(config), tags)
+        self.logger.log_artifacts(run_id, run_artifacts(run_dir, eval_dir))
+        self.logger.set_terminated(run_id, "FINISHED")
+        return run_id
