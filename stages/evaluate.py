@@ -9,14 +9,12 @@ evaluation is added to its MLflow run.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import logging
 
-from pipeline.params import PROJECT_ROOT, load_params
-from pipeline.ray_runner import PipelineError, ray_session, run_all
-from pipeline.repro import close_parent, current_parent
-from stages.train import tracker_for
+from pipeline.params import PROJECT_ROOT
+from pipeline.ray_runner import ray_session, run_all
+from pipeline.repro import current_parent
+from stages.common import finish, start, tracker_for
 
 log = logging.getLogger("stages.evaluate")
 
@@ -30,11 +28,7 @@ def evaluate_one(job: tuple) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(PROJECT_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    grid = load_params(args.params)
+    grid = start(__doc__, argv)
     tracker = tracker_for(grid)
     parent = current_parent(tracker, grid.experiment)
     jobs = [(cfg, grid.eval_dir(label)) for label, cfg in grid.runs.items()]
@@ -43,14 +37,7 @@ def main(argv=None) -> None:
     for label, result in report.results.items():
         tracker.log_run(parent, grid.runs[label].run_dir, "evaluate", eval_dir=grid.eval_dir(label))
         log.info("%s: %s", label, result["summary"])
-    if report.failures:
-        close_parent(tracker, grid.experiment, "FAILED")
-        try:
-            report.raise_if_failed()
-        except PipelineError as err:  # the others finished; name the failed runs and exit non-zero
-            for label, failure in report.failures.items():
-                log.error("%s failed:\n%s", label, failure.traceback)
-            sys.exit(f"evaluate stage: {err}")
+    finish("evaluate", report, grid, tracker)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from pipeline.params import PROJECT_ROOT, load_params
+from stages.common import start
 from trip.evaluate import reference_statistics
 from trip.train import load_data, resolve_device
 
@@ -16,11 +15,7 @@ log = logging.getLogger("stages.prepare")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(PROJECT_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    grid = load_params(args.params)
+    grid = start(__doc__, argv)
     done = set()
     for cfg in grid.runs.values():
         key = (cfg.data.name, cfg.data.image_size, repr(sorted(cfg.data.options.items())), cfg.eval.fid_samples,

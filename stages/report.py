@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
-from pipeline.params import PROJECT_ROOT, Grid, load_params
+from pipeline.params import PROJECT_ROOT, Grid
 from pipeline.repro import close_parent
 from pipeline.report import write_reports
 from pipeline.tables import collect
-from stages.train import tracker_for
+from stages.common import start, tracker_for
 
 log = logging.getLogger("stages.report")
 
@@ -37,11 +36,7 @@ def protocol(grid: Grid) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(PROJECT_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    grid = load_params(args.params)
+    grid = start(__doc__, argv)
     paths = [grid.eval_dir(label) / "eval.json" for label in grid.runs]
     results = collect([p for p in paths if p.exists()])
     missing = [str(p) for p in paths if not p.exists()]

@@ -12,17 +12,15 @@ non-zero naming it.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import csv
 import json
 import logging
 from pathlib import Path
 
-from pipeline.params import PROJECT_ROOT, Grid, load_params
-from pipeline.ray_runner import PipelineError, ray_session, run_all
-from pipeline.repro import close_parent, current_parent
-from pipeline.tracking import Tracker
+from pipeline.params import PROJECT_ROOT
+from pipeline.ray_runner import ray_session, run_all
+from pipeline.repro import current_parent
+from stages.common import finish, start, tracker_for
 
 log = logging.getLogger("stages.train")
 
@@ -46,16 +44,8 @@ def write_plot(run_dir: Path, out: Path) -> None:
         writer.writerows(rows)
 
 
-def tracker_for(grid: Grid) -> Tracker:
-    return Tracker(PROJECT_ROOT, uri=grid.params.tracking.uri)
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(PROJECT_ROOT / "params.yaml"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    grid = load_params(args.params)
+    grid = start(__doc__, argv)
     tracker = tracker_for(grid)
     parent = current_parent(tracker, grid.experiment)
     with ray_session(grid.params.compute, PROJECT_ROOT):
@@ -67,14 +57,7 @@ def main(argv=None) -> None:
         log.info("%s: %s (%.0fs)", label, "already complete" if result["skipped"] else "trained",
                  result["wall_seconds"])
     log.info("train: %d runs in %.0fs wall time", len(grid.runs), report.wall_seconds)
-    if report.failures:
-        close_parent(tracker, grid.experiment, "FAILED")
-        try:
-            report.raise_if_failed()
-        except PipelineError as err:  # the others finished; name the failed runs and exit non-zero
-            for label, failure in report.failures.items():
-                log.error("%s failed:\n%s", label, failure.traceback)
-            sys.exit(f"train stage: {err}")
+    finish("train", report, grid, tracker)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ command again does only new work.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
