@@ -38,6 +38,7 @@ class PipelineParams:
     plots_root: str = "plots"  # training curves as CSV, declared as DVC plots
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    tune: dict = field(default_factory=dict)  # the Optuna study: pipeline.tune.TuneParams
 
 
 @dataclass
@@ -63,6 +64,9 @@ def load_params(path: str | Path = PROJECT_ROOT / "params.yaml") -> Grid:
     raw = yaml.safe_load(path.read_text()) or {}
     params = build_dataclass(PipelineParams, raw)
     params.compute.validate()
+    from pipeline.tune import tune_params  # optuna loads only here
+
+    tune_params(params.tune)
     return resolve_grid(params)
 
 

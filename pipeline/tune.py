@@ -1,0 +1,359 @@
+"""Optuna search over TRIP's shape: components per dimension N, core size m, optionally the latent size.
+
+The driver owns the study; Optuna's SQLite storage is the source of truth:
+
+    study = open_study(tune, storage_dir)
+    outcome = run_study(study, tune, make_config, compute, on_trial_end)
+    write_tuning_report(study, out_dir)
+
+Instead of Ray Tune's ``OptunaSearch`` (which keeps its own trial bookkeeping and
+reports to Optuna only at the end), the driver runs Optuna's ask/tell loop itself
+and trains every trial in chunks of ``report_every`` steps, each chunk one Ray
+task. After a chunk the driver reports the validation ELBO as an intermediate
+value and asks the pruner; up to ``parallel`` trials interleave through
+``ray.wait``. A chunk resumes the trial's run from its checkpoint, so a trial
+re-asked after an interrupted study continues instead of starting over:
+``load_if_exists`` reopens the study, trials a dead driver left RUNNING are
+marked FAIL and their parameters enqueued again with the same run directory.
+
+Only the VAE objective (validation ELBO, higher is better) is built; a GAN
+profile's FID objective is refused with a ``tune.model`` error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import ray
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.ray_runner import ComputeConfig
+from trip.config import ConfigError, RunConfig
+
+log = logging.getLogger("pipeline.tune")
+
+DIRECTION = "maximize"  # the validation ELBO, in nats per image
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+REPORT_COLUMNS = ("number", "state", "n_components", "core_size", "latent_dim", "value", "pruned_at_step")
+
+
+@dataclass
+class TuneParams:
+    """The ``tune`` section: the search space, the budget of each trial and where the study lives."""
+
+    model: str = "vae"  # a model of the profile; only VAEs have an objective here
+    prior: str = "trip_learnable"  # a TRIP prior variant of the profile
+    n_trials: int = 8  # finished (complete or pruned) trials the study should hold
+    parallel: int = 2  # trials in flight at once
+    n_min: int = 2  # components per dimension N
+    n_max: int = 20
+    m_min: int = 1  # core size m, searched on a log scale
+    m_max: int = 64
+    tune_latent: bool = False
+    latent_choices: list = field(default_factory=lambda: [8, 16, 32])
+    steps: int = 300  # training steps of each trial
+    report_every: int = 50  # steps between intermediate values (and pruning decisions)
+    validation_examples: int = 256  # first test images scored by the ELBO
+    seed: int = 0  # training seed of every trial and the sampler's seed
+    storage: str = "optuna.db"  # SQLite file, relative to the project root unless absolute
+    study_name: str | None = None  # default: <profile>-<model>-<prior>
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming ``tune.<key>`` for the first bad value."""
+        for key in ("n_trials", "parallel", "n_min", "m_min", "steps", "report_every", "validation_examples"):
+            value = getattr(self, key)
+            if type(value) is not int or value < 1:
+                _bad(key, f"must be an integer >= 1, got {value!r}")
+        if self.n_min < 2:
+            _bad("n_min", f"TRIP needs at least 2 components per dimension, got {self.n_min}")
+        for low, high in (("n_min", "n_max"), ("m_min", "m_max")):
+            if type(getattr(self, high)) is not int or getattr(self, high) < getattr(self, low):
+                _bad(high, f"must be an integer >= tune.{low} ({getattr(self, low)}), got {getattr(self, high)!r}")
+        if type(self.seed) is not int:
+            _bad("seed", f"must be an integer, got {self.seed!r}")
+        if not isinstance(self.tune_latent, bool):
+            _bad("tune_latent", f"must be true or false, got {self.tune_latent!r}")
+        if not self.latent_choices or not all(type(v) is int and v > 0 for v in self.latent_choices):
+            _bad("latent_choices", f"must be a non-empty list of positive integers, got {self.latent_choices!r}")
+        for key in ("model", "prior", "storage"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                _bad(key, f"must be a non-empty string, got {getattr(self, key)!r}")
+        if self.study_name is not None and (not isinstance(self.study_name, str) or not self.study_name):
+            _bad("study_name", f"must be null or a non-empty string, got {self.study_name!r}")
+
+    def report_steps(self) -> list[int]:
+        """The training steps after which a trial reports: every ``report_every``, and the last."""
+        return list(range(self.report_every, self.steps, self.report_every)) + [self.steps]
+
+
+def _bad(key: str, message: str) -> None:
+    raise ConfigError(f"tune.{key}: {message}")
+
+
+def tune_params(raw: dict | None) -> TuneParams:
+    """TuneParams from a mapping (``None``: the defaults); type and value errors name ``tune.<key>``."""
+    from trip.config import build_dataclass
+
+    return build_dataclass(TuneParams, raw or {}, "tune.")
+
+
+# -- the study -------------------------------------------------------------------------
+def open_study(tune: TuneParams, storage_path: str | Path, study_name: str,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or reopen the study; trials a dead driver left RUNNING become FAIL and are re-asked."""
+    storage_path = Path(storage_path).resolve()
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        storage=f"sqlite:///{storage_path}",
+        study_name=study_name,
+        load_if_exists=True,
+        direction=DIRECTION,
+        sampler=optuna.samplers.TPESampler(seed=tune.seed),
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        log.warning("trial %d was left running by an interrupted study: marked FAIL, asked again", stale.number)
+        study.tell(stale.number, state=TrialState.FAIL)
+        # Same parameters and run directory: the new trial resumes from the old one's checkpoint.
+        study.enqueue_trial(stale.params, user_attrs={"run_dir": stale.user_attrs.get("run_dir")})
+    return study
+
+
+def suggest(trial: optuna.Trial, tune: TuneParams) -> dict:
+    """The trial's point of the search space, as config overrides."""
+    overrides = {
+        "prior.n_components": trial.suggest_int("n_components", tune.n_min, tune.n_max),
+        "prior.core_size": trial.suggest_int("core_size", tune.m_min, tune.m_max, log=True),
+    }
+    if tune.tune_latent:
+        overrides["model.latent_dim"] = trial.suggest_categorical("latent_dim", tune.latent_choices)
+    return overrides
+
+
+# -- one chunk of one trial, in a Ray worker -------------------------------------------
+def checkpoint_step(run_dir: str | Path) -> int:
+    """The step of the run's checkpoint (0 without one)."""
+    import torch
+
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.exists():
+        return 0
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+
+
+def validation_elbo(run_dir: str | Path, examples: int, seed: int = 0) -> float:
+    """Mean ELBO (nats per image) over the first ``examples`` test images, one fixed noise draw."""
+    import numpy as np
+    import torch
+
+    from trip.data.prepared import to_float
+    from trip.train import load_data, load_run
+
+    cfg, model = load_run(run_dir)
+    _, test = load_data(cfg)
+    images = to_float(torch.from_numpy(np.ascontiguousarray(test.images[:examples])))
+    generator = torch.Generator().manual_seed(seed)  # the same noise at every step: values compare
+    with torch.no_grad():
+        return sum(model.elbo(x, generator).double().sum().item() for x in images.split(256)) / len(images)
+
+
+def train_chunk(cfg: RunConfig, until: int, examples: int) -> float:
+    """Train the trial's run up to step ``until`` (resuming it) and return its validation ELBO."""
+    from trip.train import run
+
+    # run() trains on past stop_after when the checkpoint is already there: skip what is done.
+    if checkpoint_step(cfg.run_dir) < until:
+        run(cfg, stop_after=None if until >= cfg.train.steps else until, progress=False)
+    return validation_elbo(cfg.run_dir, examples, cfg.seed)
+
+
+_chunk_task = ray.remote(train_chunk)
+
+
+# -- the driver loop -------------------------------------------------------------------
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    cfg: RunConfig
+    pending: list[int]  # report steps still to train
+    step: int = 0  # the step the chunk in flight trains up to
+
+
+@dataclass
+class TuneOutcome:
+    finished: list[int] = field(default_factory=list)  # trial numbers completed or pruned in this session
+    failed: dict[int, str] = field(default_factory=dict)  # trial number -> error
+
+
+def run_study(
+    study: optuna.Study,
+    tune: TuneParams,
+    make_config: Callable[[dict, str], RunConfig],
+    compute: ComputeConfig,
+    on_trial_end: Callable[[FrozenTrial, RunConfig], None] | None = None,
+) -> TuneOutcome:
+    """Ask, train in chunks, report, prune, tell, until the study holds ``n_trials`` finished trials.
+
+    ``make_config(overrides, trial_dir_name)`` gives the trial's RunConfig; needs an open Ray
+    session. A trial whose chunk fails is told FAIL and the others go on.
+    """
+    outcome = TuneOutcome()
+    options = {"num_cpus": compute.cpus_per_run, "num_gpus": compute.gpus_per_run,
+               "max_retries": 1, "retry_exceptions": False}
+    limit = min(tune.parallel, compute.max_parallel or tune.parallel)
+    in_flight: dict[ray.ObjectRef, _Running] = {}
+
+    def submit(state: _Running) -> None:
+        state.step = state.pending.pop(0)
+        ref = _chunk_task.options(name=f"trial-{state.trial.number}-{state.step}", **options).remote(
+            state.cfg, state.step, tune.validation_examples)
+        in_flight[ref] = state
+
+    while True:
+        while len(in_flight) < limit and _finished_count(study) + len(in_flight) < tune.n_trials:
+            submit(_ask(study, tune, make_config))
+        if not in_flight:
+            return outcome
+        [done], _ = ray.wait(list(in_flight), num_returns=1)
+        state = in_flight.pop(done)
+        ended = _advance(study, state, done, outcome)
+        if ended is None:
+            submit(state)
+        elif on_trial_end is not None:
+            on_trial_end(ended, state.cfg)
+
+
+def _finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _ask(study: optuna.Study, tune: TuneParams, make_config) -> _Running:
+    trial = study.ask()
+    overrides = suggest(trial, tune)
+    # An enqueued retry names the run directory of the trial it replaces.
+    run_dir_name = trial.user_attrs.get("run_dir") or f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", run_dir_name)
+    cfg = make_config(overrides, run_dir_name)
+    log.info("trial %d: %s -> %s", trial.number, trial.params, cfg.run_dir)
+    return _Running(trial, cfg, tune.report_steps())
+
+
+def _advance(study: optuna.Study, state: _Running, ref: ray.ObjectRef, outcome: TuneOutcome) -> FrozenTrial | None:
+    """Take one chunk's result: report it, then prune, finish, or return None to go on."""
+    trial = state.trial
+    try:
+        value = ray.get(ref)
+    except ray.exceptions.RayError as err:
+        outcome.failed[trial.number] = (str(err).splitlines() or [""])[0]
+        log.error("trial %d failed at step %d:\n%s", trial.number, state.step, err)
+        return study.tell(trial, state=TrialState.FAIL)
+    if not math.isfinite(value):
+        outcome.failed[trial.number] = f"validation ELBO {value} at step {state.step}"
+        return study.tell(trial, state=TrialState.FAIL)
+    trial.report(value, state.step)
+    if state.pending and trial.should_prune():
+        log.info("trial %d pruned at step %d (ELBO %.2f)", trial.number, state.step, value)
+        outcome.finished.append(trial.number)
+        return study.tell(trial, state=TrialState.PRUNED)
+    if state.pending:
+        return None
+    log.info("trial %d complete: ELBO %.2f", trial.number, value)
+    outcome.finished.append(trial.number)
+    return study.tell(trial, value)
+
+
+# -- the report ------------------------------------------------------------------------
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One row per trial: number, state, N, m, latent size, value, step at which it was pruned."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        pruned_at = max(t.intermediate_values) if t.state == TrialState.PRUNED and t.intermediate_values else None
+        rows.append({"number": t.number, "state": t.state.name, "n_components": t.params.get("n_components"),
+                     "core_size": t.params.get("core_size"), "latent_dim": t.params.get("latent_dim"),
+                     "value": t.value, "pruned_at_step": pruned_at})
+    return rows
+
+
+def write_tuning_report(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+    """best.json, trials.csv, trials.md and Optuna's plots in ``out_dir``; returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = {"study": study.study_name, "direction": DIRECTION, "objective": "validation ELBO (nats/image)",
+            "n_trials": len(rows), "n_complete": len(complete)}
+    if complete:
+        best.update(best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number)
+    written = [out_dir / "best.json", out_dir / "trials.csv", out_dir / "trials.md"]
+    written[0].write_text(json.dumps(best, indent=2) + "\n")
+    with open(written[1], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plots, notes = _plots(study, out_dir, complete)
+    written[2].write_text(_markdown(study, best, rows, notes))
+    return written + plots
+
+
+def _markdown(study: optuna.Study, best: dict, rows: list[dict], notes: list[str]) -> str:
+    lines = [f"# Tuning: {study.study_name}", ""]
+    if "best_value" in best:
+        lines += [f"Best validation ELBO {best['best_value']:.3f} nats/image (trial {best['best_trial']}): "
+                  f"{best['best_params']}", ""]
+    else:
+        lines += ["No trial has completed yet.", ""]
+    lines += ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
+    for row in rows:
+        cells = ["" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                 for c in REPORT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"Note: {n}" for n in notes]) + "\n"
+
+
+def _plots(study: optuna.Study, out_dir: Path, complete: list[FrozenTrial]) -> tuple[list[Path], list[str]]:
+    """Optimisation history, parameter importances and the N x m contour, as far as the trials allow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    made, notes = [], []
+    wanted = {"optimization_history.png": lambda: ovm.plot_optimization_history(study)}
+    if _importances_possible(complete):
+        wanted["param_importances.png"] = lambda: ovm.plot_param_importances(study)
+    else:
+        notes.append("parameter importances need at least 2 completed trials whose parameters differ; not plotted.")
+    if complete:
+        wanted["contour_n_m.png"] = lambda: ovm.plot_contour(study, params=["n_components", "core_size"])
+    else:
+        notes.append("no completed trial: no contour over N x m.")
+    with warnings.catch_warnings():
+        # The matplotlib backend is marked experimental; the plots are what we want regardless.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A history of pruned trials only has no labelled line; an empty legend is no problem.
+        warnings.filterwarnings("ignore", "No artists with labels", UserWarning)
+        for name, draw in wanted.items():
+            draw()
+            plt.gcf().savefig(out_dir / name, bbox_inches="tight", dpi=100)
+            plt.close("all")
+            made.append(out_dir / name)
+    return made, notes
+
+
+def _importances_possible(complete: list[FrozenTrial]) -> bool:
+    if len(complete) < 2:
+        return False
+    names = {name for t in complete for name in t.params}
+    return any(len({t.params.get(name) for t in complete}) > 1 for name in names)
