@@ -9,6 +9,7 @@ FAILED, so the next ``dvc repro`` opens a fresh one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,16 +17,24 @@ from pathlib import Path
 from pipeline.tracking import Tracker
 
 
-def _marker(project_root: Path, experiment: str) -> Path:
-    return project_root / ".dvc" / "tmp" / f"mlflow-parent-{experiment}.json"
+def _marker(tracker: Tracker, experiment: str) -> Path:
+    store = hashlib.sha256(tracker.uri.encode()).hexdigest()[:8]  # one marker per tracking store
+    return tracker.project_root / ".dvc" / "tmp" / f"mlflow-parent-{experiment}-{store}.json"
+
+
+def _is_running(tracker: Tracker, run_id: str) -> bool:
+    try:
+        return tracker.logger.run_state(run_id).get("status") == "RUNNING"
+    except Exception:  # deleted, or the store was replaced: open a new parent
+        return False
 
 
 def current_parent(tracker: Tracker, experiment: str) -> str:
     """The open parent run of this repro, or a new one."""
-    marker = _marker(tracker.project_root, experiment)
+    marker = _marker(tracker, experiment)
     if marker.exists():
         parent = json.loads(marker.read_text())["run_id"]
-        if tracker.logger.run_state(parent).get("status") == "RUNNING":
+        if _is_running(tracker, parent):
             return parent
     parent = tracker.start_parent(experiment, f"dvc repro {time.strftime('%Y-%m-%d %H:%M:%S')}",
                                   {"source": "dvc repro"})
@@ -35,7 +44,9 @@ def current_parent(tracker: Tracker, experiment: str) -> str:
 
 
 def close_parent(tracker: Tracker, experiment: str, status: str = "FINISHED") -> None:
-    marker = _marker(tracker.project_root, experiment)
+    marker = _marker(tracker, experiment)
     if marker.exists():
-        tracker.end_parent(json.loads(marker.read_text())["run_id"], status)
+        parent = json.loads(marker.read_text())["run_id"]
+        if _is_running(tracker, parent):
+            tracker.end_parent(parent, status)
         marker.unlink()

@@ -88,3 +88,20 @@ def test_a_failing_run_is_named_after_the_others_finish(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="train stage: 1 of 2 runs failed:\n.*vae-trip_learnable-s0: FloatingPointError: diverged on purpose"):
         train.main(["--params", params])
     assert (tmp_path / "runs/shapes/vae-normal-s0/complete.json").exists()
+
+
+def test_parent_markers_are_per_store_and_tolerate_unknown_runs(tmp_path):
+    from pipeline.repro import _marker, close_parent, current_parent
+    from pipeline.tracking import Tracker
+
+    first = Tracker(tmp_path, uri=f"sqlite:///{tmp_path / 'a.db'}")
+    parent = current_parent(first, "exp")
+    assert current_parent(first, "exp") == parent  # reused while running
+    other = Tracker(tmp_path, uri=f"sqlite:///{tmp_path / 'b.db'}")
+    assert current_parent(other, "exp") != parent  # another store never sees a's marker
+    _marker(first, "exp").write_text(json.dumps({"run_id": "0" * 32}))  # a run the store does not know
+    replacement = current_parent(first, "exp")
+    assert replacement not in (parent, "0" * 32)
+    close_parent(first, "exp")
+    close_parent(other, "exp")
+    assert not list((tmp_path / ".dvc" / "tmp").glob("mlflow-parent-*"))
