@@ -26,7 +26,7 @@ ATOL = 1e-5
 
 
 class NetworkBlocked(RuntimeError):
-    pass
+    """Raised by the patched network functions: any use of the network fails the test."""
 
 
 def _refuse(*args, **kwargs):
