@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +35,7 @@ from pipeline.tables import (
     MODEL_LABELS, PAPER_TABLE1, PAPER_TABLE2, PRIOR_COLUMNS, TABLE1_ROWS, TABLE2_ROWS, ReportError,
     build_table, column_of, summary_metrics, to_csv, to_latex, to_markdown,
 )
+from trip.io import atomic_write_text
 
 PAPER_CITATION = "Kuznetsov et al., NeurIPS 2019"
 
@@ -74,7 +74,7 @@ def write_reports(results: list[dict], out_dir: Path, profile_name: str, protoco
         "metrics.json": json.dumps(summary_metrics(results), indent=2) + "\n",
         "README.md": index_page(results, out_dir, profile_name, table, markdown),
     }
-    return [write_atomic(out_dir / name, text) for name, text in contents.items()]
+    return [atomic_write_text(out_dir / name, text) for name, text in contents.items()]
 
 
 def infer_table(results: list[dict], protocol: dict) -> str:
@@ -86,23 +86,6 @@ def _dataset(results: list[dict], protocol: dict) -> str:
         return str(protocol["dataset"])
     names = sorted({r["run"]["dataset"] for r in results})
     return ", ".join(names) if names else "unknown"
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` beside ``path`` and rename it into place.
-
-    ``open`` rather than ``tempfile.mkstemp``: mkstemp's files are mode 0600,
-    and a report should get the usual permissions of the umask.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- caption and protocol --------------------------------------------------------------

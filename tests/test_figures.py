@@ -13,7 +13,6 @@ from PIL import Image
 
 from trip.figures import (
     GRID_PADDING,
-    _atomic_write,
     axis_range,
     density_curve,
     density_grid,
@@ -23,6 +22,7 @@ from trip.figures import (
     plot_training_curves,
     save_image_grid,
 )
+from trip.io import atomic_write as _atomic_write
 from trip.priors import GMMPrior, NormalPrior, TRIPPrior
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

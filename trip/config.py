@@ -270,7 +270,3 @@ def config_hash(cfg: RunConfig) -> str:
         content["train"].pop(key)
     content["data"].pop("prepared_root")  # a cache location, not an input
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from trip import figures
 from trip.config import ConfigError, EvalConfig, RunConfig, load_config
 from trip.data import Split, to_float
+from trip.io import atomic_write_text
 from trip.metrics import fid as fidlib
 from trip.models import VAE
 from trip.train import is_complete, load_data, load_run, resolve_device
@@ -198,9 +198,7 @@ def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "a
 
 
 def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(content, indent=2))
 
 
 def main(argv=None) -> None:

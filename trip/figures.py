@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from trip.io import atomic_write
 from trip.priors import GMMPrior, Prior, TRIPPrior
 
 #: Component means +- this many standard deviations bound the automatic window.
@@ -239,7 +237,7 @@ def save_image_grid(images: Tensor, path, nrow: int | None = None) -> Path:
         raise ValueError(f"images must be a non-empty (B, C, H, W) tensor, got {shape}")
     nrow = math.ceil(math.sqrt(images.shape[0])) if nrow is None else int(nrow)
     pixels = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    return _atomic_write(path, lambda f: save_image(pixels, f, nrow=nrow, padding=GRID_PADDING, format="png"))
+    return atomic_write(path, lambda f: save_image(pixels, f, nrow=nrow, padding=GRID_PADDING, format="png"))
 
 
 # -- training curves -----------------------------------------------------------------
@@ -326,22 +324,6 @@ def _pyplot():
 
 def _save_figure(plt, fig, path) -> Path:
     try:
-        return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     finally:
         plt.close(fig)
-
-
-def _atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through ``write`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the figure from other readers
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
 import time
@@ -32,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
-from trip.config import ConfigError, RunConfig, config_hash, dump_config, read_config
+from trip.config import ConfigError, RunConfig, config_hash, read_config, to_dict
 from trip.data import Split, load_prepared, prepare, to_float
+from trip.io import atomic_write, atomic_write_text
 from trip.models import MODELS, VAE
 from trip.priors import TRIPPrior
 
@@ -195,9 +196,7 @@ def save_checkpoint(path: Path, model, opts, step: int, cursor: int, digest: str
         "rng": _rng_state(),
         "config_hash": digest,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    atomic_write(path, lambda handle: torch.save(state, handle))  # a kill keeps the previous one
 
 
 def load_checkpoint(path: Path, model, opts, digest: str) -> tuple[int, int]:
@@ -243,17 +242,11 @@ def _prepare_run_dir(cfg: RunConfig, digest: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        import yaml
-
         old = yaml.safe_load(saved.read_text()) or {}
         if old.get("config_hash") != digest:
             raise ConfigError(f"run_dir: {run_dir} holds a run of another config; choose another run_dir")
     else:
-        tmp = saved.with_suffix(".tmp")
-        dump_config(cfg, tmp)
-        with open(tmp, "a") as f:
-            f.write(f"config_hash: {digest}\n")
-        os.replace(tmp, saved)
+        atomic_write_text(saved, yaml.safe_dump(to_dict(cfg), sort_keys=False) + f"config_hash: {digest}\n")
     return run_dir
 
 
@@ -352,16 +345,12 @@ def _finish(cfg: RunConfig, model, run_dir: Path, digest: str, final: dict, wall
     nrow = int(np.ceil(np.sqrt(cfg.train.sample_count)))
     save_image((samples + 1) / 2, run_dir / "samples.png", nrow=nrow, padding=1)
     marker = {"config_hash": digest, "steps": cfg.train.steps, "final_metrics": final, "wall_seconds": wall}
-    tmp = run_dir / "complete.json.tmp"
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, run_dir / "complete.json")
+    atomic_write_text(run_dir / "complete.json", json.dumps(marker, indent=2))
     log.info("finished %s in %.1fs", run_dir, wall)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """(config, model) of a run directory, with the checkpoint's weights, in eval mode."""
-    import yaml
-
     from trip.config import load_config
 
     run_dir = Path(run_dir)

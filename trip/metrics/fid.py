@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -41,6 +38,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from torch import Tensor
 from tqdm import tqdm
+
+from trip.io import atomic_write
 
 FEATURE_DIM = 2048
 FID_WEIGHTS_FILE = FID_WEIGHTS_URL.rsplit("/", 1)[-1]
@@ -211,21 +210,6 @@ def _check_against_skeleton(state: Mapping[str, Tensor]) -> None:
         raise ValueError(f"converted state dict has wrong shapes for {wrong}")
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def inception_weights_path() -> Path:
     """Where pytorch-fid's ``load_state_dict_from_url`` looks for its weights (follows ``torch.hub.get_dir()``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
@@ -240,7 +224,7 @@ def ensure_inception_weights() -> Path:
     path = inception_weights_path()
     if not path.is_file():
         state = convert_torchscript_state_dict(load_torchscript().state_dict())
-        _atomic_write(path, lambda handle: torch.save(state, handle))
+        atomic_write(path, lambda handle: torch.save(state, handle))
     return path
 
 
@@ -436,7 +420,7 @@ def stats_key(name: str, split: str, image_size: int, n_samples: int) -> str:
 
 def save_stats(path: Path, key: str, stats: FeatureStats) -> None:
     """Write statistics and their key to ``path`` (.npz) atomically."""
-    _atomic_write(
+    atomic_write(
         Path(path),
         lambda handle: np.savez(handle, key=np.array(key), mu=stats.mu, sigma=stats.sigma, n=np.array(stats.n)),
     )
