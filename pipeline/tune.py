@@ -9,15 +9,17 @@ The driver owns the study; Optuna's SQLite storage is the source of truth:
 Instead of Ray Tune's ``OptunaSearch`` (which keeps its own trial bookkeeping and
 reports to Optuna only at the end), the driver runs Optuna's ask/tell loop itself
 and trains every trial in chunks of ``report_every`` steps, each chunk one Ray
-task. After a chunk the driver reports the validation ELBO as an intermediate
-value and asks the pruner; up to ``parallel`` trials interleave through
+task. After a chunk the driver reports the objective as an intermediate value
+and asks the pruner; up to ``parallel`` trials interleave through
 ``ray.wait``. A chunk resumes the trial's run from its checkpoint, so a trial
 re-asked after an interrupted study continues instead of starting over:
 ``load_if_exists`` reopens the study, trials a dead driver left RUNNING are
 marked FAIL and their parameters enqueued again with the same run directory.
 
-Only the VAE objective (validation ELBO, higher is better) is built; a GAN
-profile's FID objective is refused with a ``tune.model`` error.
+The objective follows the model (:data:`OBJECTIVES`): a VAE maximises the
+validation ELBO, a GAN minimises FID of ``tune.fid_samples`` samples against
+the cached reference statistics (computed at every report step, so pruning
+compares like with like).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from trip.config import ConfigError, RunConfig
 
 log = logging.getLogger("pipeline.tune")
 
-DIRECTION = "maximize"  # the validation ELBO, in nats per image
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REPORT_COLUMNS = ("number", "state", "n_components", "core_size", "latent_dim", "value", "pruned_at_step")
 
@@ -49,7 +50,7 @@ REPORT_COLUMNS = ("number", "state", "n_components", "core_size", "latent_dim", 
 class TuneParams:
     """The ``tune`` section: the search space, the budget of each trial and where the study lives."""
 
-    model: str = "vae"  # a model of the profile; only VAEs have an objective here
+    model: str = "vae"  # a model of the profile: a VAE maximises validation ELBO, a GAN minimises FID
     prior: str = "trip_learnable"  # a TRIP prior variant of the profile
     n_trials: int = 8  # finished (complete or pruned) trials the study should hold
     parallel: int = 2  # trials in flight at once
@@ -61,7 +62,8 @@ class TuneParams:
     latent_choices: list = field(default_factory=lambda: [8, 16, 32])
     steps: int = 300  # training steps of each trial
     report_every: int = 50  # steps between intermediate values (and pruning decisions)
-    validation_examples: int = 256  # first test images scored by the ELBO
+    validation_examples: int = 256  # first test images scored by the ELBO (VAE)
+    fid_samples: int = 200  # generated and reference images of the FID objective (GAN)
     seed: int = 0  # training seed of every trial and the sampler's seed
     storage: str = "optuna.db"  # SQLite file, relative to the project root unless absolute
     study_name: str | None = None  # default: <profile>-<model>-<prior>
@@ -71,10 +73,13 @@ class TuneParams:
 
     def validate(self) -> None:
         """Raise a ConfigError naming ``tune.<key>`` for the first bad value."""
-        for key in ("n_trials", "parallel", "n_min", "m_min", "steps", "report_every", "validation_examples"):
+        for key in ("n_trials", "parallel", "n_min", "m_min", "steps", "report_every", "validation_examples",
+                    "fid_samples"):
             value = getattr(self, key)
             if type(value) is not int or value < 1:
                 _bad(key, f"must be an integer >= 1, got {value!r}")
+        if self.fid_samples < 2:
+            _bad("fid_samples", f"FID needs at least 2 samples, got {self.fid_samples}")
         if self.n_min < 2:
             _bad("n_min", f"TRIP needs at least 2 components per dimension, got {self.n_min}")
         for low, high in (("n_min", "n_max"), ("m_min", "m_max")):
@@ -108,9 +113,30 @@ def tune_params(raw: dict | None) -> TuneParams:
     return build_dataclass(TuneParams, raw or {}, "tune.")
 
 
+# -- the objective ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Objective:
+    name: str  # as written in the report
+    direction: str  # Optuna's "maximize" or "minimize"
+    metric: str  # the intermediate values' MLflow metric name
+
+
+OBJECTIVES = {
+    "vae": Objective("validation ELBO (nats/image)", "maximize", "tune.elbo"),
+    "wgan": Objective("FID", "minimize", "tune.fid"),
+    "wgan_gp": Objective("FID", "minimize", "tune.fid"),
+}
+
+
+def objective_for(model_name: str) -> Objective:
+    if model_name not in OBJECTIVES:
+        raise ConfigError(f"tune.model: no tuning objective for a {model_name} (have: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[model_name]
+
+
 # -- the study -------------------------------------------------------------------------
 def open_study(tune: TuneParams, storage_path: str | Path, study_name: str,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+               pruner: optuna.pruners.BasePruner | None = None, direction: str = "maximize") -> optuna.Study:
     """Create or reopen the study; trials a dead driver left RUNNING become FAIL and are re-asked."""
     storage_path = Path(storage_path).resolve()
     storage_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +144,7 @@ def open_study(tune: TuneParams, storage_path: str | Path, study_name: str,
         storage=f"sqlite:///{storage_path}",
         study_name=study_name,
         load_if_exists=True,
-        direction=DIRECTION,
+        direction=direction,
         sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
@@ -168,14 +194,32 @@ def validation_elbo(run_dir: str | Path, examples: int, seed: int = 0) -> float:
         return sum(model.elbo(x, generator).double().sum().item() for x in images.split(256)) / len(images)
 
 
-def train_chunk(cfg: RunConfig, until: int, examples: int) -> float:
-    """Train the trial's run up to step ``until`` (resuming it) and return its validation ELBO."""
+def validation_fid(run_dir: str | Path, samples: int, seed: int = 0) -> float:
+    """FID of ``samples`` generated images against as many training images (cached statistics)."""
+    import dataclasses
+
+    from trip.evaluate import fid_part
+    from trip.train import load_data, load_run, resolve_device
+
+    cfg, model = load_run(run_dir)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    train, test = load_data(cfg)
+    ev = dataclasses.replace(cfg.eval, fid_samples=samples, seed=seed)
+    ctx = {"device": device, "progress": False, "fid_model": None}
+    return fid_part(cfg, model, train, test, ev, ctx)["value"]
+
+
+def train_chunk(cfg: RunConfig, until: int, tune: TuneParams) -> float:
+    """Train the trial's run up to step ``until`` (resuming it) and return the objective there."""
     from trip.train import run
 
     # run() trains on past stop_after when the checkpoint is already there: skip what is done.
     if checkpoint_step(cfg.run_dir) < until:
         run(cfg, stop_after=None if until >= cfg.train.steps else until, progress=False)
-    return validation_elbo(cfg.run_dir, examples, cfg.seed)
+    if cfg.model.name == "vae":
+        return validation_elbo(cfg.run_dir, tune.validation_examples, cfg.seed)
+    return validation_fid(cfg.run_dir, tune.fid_samples, cfg.seed)
 
 
 _chunk_task = ray.remote(train_chunk)
@@ -217,7 +261,7 @@ def run_study(
     def submit(state: _Running) -> None:
         state.step = state.pending.pop(0)
         ref = _chunk_task.options(name=f"trial-{state.trial.number}-{state.step}", **options).remote(
-            state.cfg, state.step, tune.validation_examples)
+            state.cfg, state.step, tune)
         in_flight[ref] = state
 
     while True:
@@ -259,16 +303,16 @@ def _advance(study: optuna.Study, state: _Running, ref: ray.ObjectRef, outcome: 
         log.error("trial %d failed at step %d:\n%s", trial.number, state.step, err)
         return study.tell(trial, state=TrialState.FAIL)
     if not math.isfinite(value):
-        outcome.failed[trial.number] = f"validation ELBO {value} at step {state.step}"
+        outcome.failed[trial.number] = f"objective {value} at step {state.step}"
         return study.tell(trial, state=TrialState.FAIL)
     trial.report(value, state.step)
     if state.pending and trial.should_prune():
-        log.info("trial %d pruned at step %d (ELBO %.2f)", trial.number, state.step, value)
+        log.info("trial %d pruned at step %d (objective %.2f)", trial.number, state.step, value)
         outcome.finished.append(trial.number)
         return study.tell(trial, state=TrialState.PRUNED)
     if state.pending:
         return None
-    log.info("trial %d complete: ELBO %.2f", trial.number, value)
+    log.info("trial %d complete: objective %.2f", trial.number, value)
     outcome.finished.append(trial.number)
     return study.tell(trial, value)
 
@@ -285,13 +329,13 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
-def write_tuning_report(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+def write_tuning_report(study: optuna.Study, out_dir: str | Path, objective: Objective) -> list[Path]:
     """best.json, trials.csv, trials.md and Optuna's plots in ``out_dir``; returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = {"study": study.study_name, "direction": DIRECTION, "objective": "validation ELBO (nats/image)",
+    best = {"study": study.study_name, "direction": objective.direction, "objective": objective.name,
             "n_trials": len(rows), "n_complete": len(complete)}
     if complete:
         best.update(best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number)
@@ -309,8 +353,8 @@ def write_tuning_report(study: optuna.Study, out_dir: str | Path) -> list[Path]:
 def _markdown(study: optuna.Study, best: dict, rows: list[dict], notes: list[str]) -> str:
     lines = [f"# Tuning: {study.study_name}", ""]
     if "best_value" in best:
-        lines += [f"Best validation ELBO {best['best_value']:.3f} nats/image (trial {best['best_trial']}): "
-                  f"{best['best_params']}", ""]
+        lines += [f"Best {best['objective']} {best['best_value']:.3f} (trial {best['best_trial']}, "
+                  f"{best['direction']}d): {best['best_params']}", ""]
     else:
         lines += ["No trial has completed yet.", ""]
     lines += ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 from pipeline.params import PROJECT_ROOT, Grid
 from pipeline.ray_runner import ray_session
 from pipeline.tracking import PARENT_TAG, Tracker, config_params, run_tags, training_metrics
-from pipeline.tune import TuneParams, open_study, run_study, tune_params, write_tuning_report
+from pipeline.tune import Objective, TuneParams, objective_for, open_study, run_study, tune_params, write_tuning_report
 from stages.common import start, tracker_for
 from trip.config import ConfigError, RunConfig
 from trip.profiles import resolve
@@ -76,21 +76,19 @@ def config_factory(grid: Grid, tune: TuneParams, trial_root: Path):
     return make
 
 
-def check_objective(grid: Grid, tune: TuneParams, make) -> None:
-    """Only a VAE with a TRIP prior has an objective here: fail before any trial starts."""
+def check_objective(grid: Grid, tune: TuneParams, make) -> Objective:
+    """The objective of the tuned model (with a TRIP prior); bad settings fail before any trial starts."""
     for key, section in (("model", "models"), ("prior", "priors")):
         if getattr(tune, key) not in grid.profile[section]:
             raise ConfigError(f"tune.{key}: {getattr(tune, key)!r} is not in profile {grid.profile['name']!r} "
                               f"({', '.join(grid.profile[section])})")
     cfg = make({}, "check")
-    if cfg.model.name != "vae":
-        raise ConfigError(f"tune.model: {tune.model!r} is a {cfg.model.name}; only the VAE objective "
-                          "(validation ELBO) is implemented")
     if cfg.prior.name != "trip":
         raise ConfigError(f"tune.prior: {tune.prior!r} is a {cfg.prior.name} prior; N and m are TRIP's")
+    return objective_for(cfg.model.name)
 
 
-def trial_logger(tracker: Tracker, parent: str, study: str):
+def trial_logger(tracker: Tracker, parent: str, study: str, objective: Objective):
     """Log a finished trial as an MLflow run, keyed by study and trial number so re-logging updates it."""
     def log_trial(trial: FrozenTrial, cfg: RunConfig) -> None:
         run_dir = Path(cfg.run_dir)
@@ -104,7 +102,7 @@ def trial_logger(tracker: Tracker, parent: str, study: str):
             experiment_id, "tune_trial", f"{study}/{trial.number}", f"trial-{trial.number}", tags)
         metrics_file = run_dir / "metrics.jsonl"
         train = training_metrics(metrics_file) if metrics_file.is_file() else []
-        train += [("tune.elbo", v, s) for s, v in sorted(trial.intermediate_values.items())]
+        train += [(objective.metric, v, s) for s, v in sorted(trial.intermediate_values.items())]
         final = {"tune.value": trial.value} if trial.value is not None else {}
         tracker.logger.update_run(run_id, train, final, config_params(config), tags)
         tracker.logger.log_artifacts(run_id, [(str(p), None) for p in (run_dir / "config.yaml", run_dir / "samples.png")
@@ -119,19 +117,19 @@ def main(argv=None, pruner=None) -> None:
     grid, tune = load(argv)
     name = study_name(grid, tune)
     make = config_factory(grid, tune, PROJECT_ROOT / grid.params.run_root / "tune" / name)
-    check_objective(grid, tune, make)
-    study = open_study(tune, PROJECT_ROOT / tune.storage, name, pruner)
+    objective = check_objective(grid, tune, make)
+    study = open_study(tune, PROJECT_ROOT / tune.storage, name, pruner, objective.direction)
     tracker = tracker_for(grid)
     parent = tracker.start_parent(f"{grid.experiment}-tune", f"tune {name}", {"stage": "tune", "study": name})
     status = "FAILED"
     try:
         with ray_session(grid.params.compute, PROJECT_ROOT):
-            outcome = run_study(study, tune, make, grid.params.compute, trial_logger(tracker, parent, name))
+            outcome = run_study(study, tune, make, grid.params.compute, trial_logger(tracker, parent, name, objective))
         status = "FAILED" if outcome.failed else "FINISHED"
     finally:
         tracker.end_parent(parent, status)
     out_dir = PROJECT_ROOT / grid.params.report_root / "tuning"
-    write_tuning_report(study, out_dir)
+    write_tuning_report(study, out_dir, objective)
     log.info("tune: %d trials finished this session, report in %s", len(outcome.finished), out_dir)
     if outcome.failed:
         lines = "\n".join(f"  trial {n}: {err}" for n, err in outcome.failed.items())

