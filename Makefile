@@ -4,14 +4,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean-venv
+.PHONY: run test demo bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test,pipeline]"
 	touch $(STAMP)
 
+# The whole pipeline on the embedded default; stage commands call `python`, so the venv goes first on PATH.
 run: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+
+demo: $(STAMP)
 	$(PY) -m trip.demo
 
 test: $(STAMP)

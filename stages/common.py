@@ -10,17 +10,25 @@ from pipeline.params import PROJECT_ROOT, Grid, load_params
 from pipeline.ray_runner import PipelineError, RunReport
 from pipeline.repro import close_parent
 from pipeline.tracking import Tracker
+from trip.config import ConfigError
 
 log = logging.getLogger("stages")
 
 
 def start(doc: str, argv=None) -> Grid:
-    """Parse ``--params``, set up logging, and return the validated grid."""
+    """Parse ``--params``, set up logging, and return the validated grid.
+
+    A bad params file ends the stage here (exit status 2, the key named, no traceback),
+    before Ray starts or any data is touched.
+    """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default=str(PROJECT_ROOT / "params.yaml"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return load_params(args.params)
+    try:
+        return load_params(args.params)
+    except ConfigError as err:
+        parser.exit(2, f"error in {args.params}: {err}\n")
 
 
 def tracker_for(grid: Grid) -> Tracker:

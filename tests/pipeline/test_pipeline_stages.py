@@ -72,6 +72,16 @@ def test_bad_params_name_the_key(tmp_path):
         load_params(_params(tmp_path, overrides=["train.steps=0"]))
 
 
+def test_a_stage_with_bad_params_exits_naming_the_key(tmp_path, capsys):
+    from stages import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--params", _params(tmp_path, compute={"max_paralel": 2})])
+    assert exit_info.value.code == 2
+    assert "compute.max_paralel: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_failing_run_is_named_after_the_others_finish(tmp_path, monkeypatch):
     from stages import train
 

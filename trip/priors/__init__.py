@@ -1,13 +1,16 @@
 """Priors over latent codes: N(0, I), a full-space GMM, and TRIP.
 
 Each is registered by name in :data:`PRIORS` and built with :func:`build_prior`;
-all share the interface of :class:`trip.priors.base.Prior`.
+all share the interface of :class:`trip.priors.base.Prior`. :class:`JointTRIPPrior`
+(TRIP over codes and discrete attributes) is exported but not registered: it
+needs ``attribute_sizes``.
 """
 
 from __future__ import annotations
 
 from trip.priors.base import Prior
 from trip.priors.gmm import GMMPrior
+from trip.priors.joint import JointTRIPPrior
 from trip.priors.normal import NormalPrior
 from trip.priors.trip_prior import TRIPPrior
 from trip.registry import Registry
@@ -34,4 +37,4 @@ def build_prior(name: str, dim: int, learnable: bool = True, **options) -> Prior
         raise ValueError(f"bad options for prior {name!r}: {err}") from None
 
 
-__all__ = ["PRIORS", "Prior", "NormalPrior", "GMMPrior", "TRIPPrior", "build_prior"]
+__all__ = ["PRIORS", "Prior", "NormalPrior", "GMMPrior", "TRIPPrior", "JointTRIPPrior", "build_prior"]
