@@ -9,8 +9,9 @@
 Files written into ``out_dir``. Each is written to a temporary file and then
 moved into place with ``os.replace``, so a reader never sees half a file:
 
-* ``table1.md``, ``table1.csv`` and ``table1.tex``, or ``table2.*`` for
-  Table 2 (the CIFAR-10 comparison);
+* ``table1.md``, ``table1.csv`` and ``table1.tex`` (the paper's CelebA
+  comparison), and ``table2.*`` (its CIFAR-10 FID comparison, same form), each
+  with our profile's numbers and the paper's labelled as such;
 * ``metrics.json``: flat means over seeds, e.g. ``{"fid/vae/normal": 86.7}``,
   for ``dvc metrics show``;
 * ``README.md``: the Markdown table, then each run's figures.
@@ -54,26 +55,25 @@ def write_reports(results: list[dict], out_dir: Path, profile_name: str, protoco
     ``results``: from ``pipeline.tables.collect``. ``protocol``: how our runs
     were made, stated under the table (see ``protocol_notes``). ``paper``: the
     citation that labels the paper's numbers; with None, the paper's rows are
-    left out. ``table``: "table1" or "table2". With None it is "table2" when
-    the runs are on CIFAR-10, and "table1" otherwise.
+    left out. ``table``: "table1" or "table2" alone; with None, both, the one
+    matching the dataset first (Table 2 for CIFAR-10 runs).
     """
     out_dir = Path(out_dir)
-    table = table or infer_table(results, protocol)
-    if table not in TABLES:
+    if table is not None and table not in TABLES:
         raise ReportError(f"table: {table!r} is not one of {', '.join(TABLES)}")
-    spec = TABLES[table]
-    built = build_table(results, spec["rows"], spec["paper"] if paper else None)
-    caption = table_caption(table, _dataset(results, protocol), profile_name)
-    notes = protocol_notes(protocol, results, table, paper)
+    names = [table] if table else sorted(TABLES, key=lambda t: t != infer_table(results, protocol))
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(built, caption, notes)
-    contents = {
-        f"{table}.md": markdown,
-        f"{table}.csv": to_csv(built),
-        f"{table}.tex": to_latex(built, caption, notes),
-        "metrics.json": json.dumps(summary_metrics(results), indent=2) + "\n",
-        "README.md": index_page(results, out_dir, profile_name, table, markdown),
-    }
+    contents, markdowns = {}, {}
+    for name in names:
+        spec = TABLES[name]
+        built = build_table(results, spec["rows"], spec["paper"] if paper else None)
+        caption = table_caption(name, _dataset(results, protocol), profile_name)
+        notes = protocol_notes(protocol, results, name, paper)
+        markdowns[name] = to_markdown(built, caption, notes)
+        contents.update({f"{name}.md": markdowns[name], f"{name}.csv": to_csv(built),
+                         f"{name}.tex": to_latex(built, caption, notes)})
+    contents["metrics.json"] = json.dumps(summary_metrics(results), indent=2) + "\n"
+    contents["README.md"] = index_page(results, out_dir, profile_name, markdowns)
     return [atomic_write_text(out_dir / name, text) for name, text in contents.items()]
 
 
@@ -192,12 +192,14 @@ def _fmt(value) -> str:
 
 
 # -- the index page --------------------------------------------------------------------
-def index_page(results: list[dict], out_dir: Path, profile_name: str, table: str, markdown: str) -> str:
-    files = ", ".join(f"[{name}]({name})" for name in (f"{table}.md", f"{table}.csv", f"{table}.tex", "metrics.json"))
-    lines = [f"# Reports: profile {profile_name}", "",
-             f"From {len(results)} evaluated runs. Files: {files}.", "",
-             f"## {TABLES[table]['title']}", "", markdown.rstrip(), "", "## Figures", "",
-             "Written by `trip.evaluate` into each run directory; linked, not copied.", ""]
+def index_page(results: list[dict], out_dir: Path, profile_name: str, markdowns: dict[str, str]) -> str:
+    """The page: each table's Markdown (keyed "table1", "table2"), then every run's figures."""
+    names = [f"{t}.{ext}" for t in markdowns for ext in ("md", "csv", "tex")] + ["metrics.json"]
+    files = ", ".join(f"[{name}]({name})" for name in names)
+    lines = [f"# Reports: profile {profile_name}", "", f"From {len(results)} evaluated runs. Files: {files}.", ""]
+    for table, markdown in markdowns.items():
+        lines += [f"## {TABLES[table]['title']}", "", markdown.rstrip(), ""]
+    lines += ["## Figures", "", "Written by `trip.evaluate` beside each run's eval.json; linked, not copied.", ""]
     for model in _models_in_order(results):
         lines += [f"### {MODEL_LABELS.get(model, model)}", "", *figure_table(results, model, out_dir), ""]
     if not results:

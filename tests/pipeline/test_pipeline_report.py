@@ -236,11 +236,14 @@ def test_write_reports_files_links_and_metrics(grid, tmp_path):
     grid[0]["figures"]["files"].append("figures/never_written.png")
     written = write_reports(grid, out, "shapes", PROTOCOL)
     names = sorted(p.name for p in written)
-    assert names == ["README.md", "metrics.json", "table1.csv", "table1.md", "table1.tex"]
+    assert names == ["README.md", "metrics.json", "table1.csv", "table1.md", "table1.tex",
+                     "table2.csv", "table2.md", "table2.tex"]
     assert sorted(p.name for p in out.iterdir()) == names  # no temporary files left behind
 
     readme = (out / "README.md").read_text()
-    assert (out / "table1.md").read_text().strip() in readme
+    assert (out / "table1.md").read_text().strip() in readme and (out / "table2.md").read_text().strip() in readme
+    assert readme.index("## Table 1") < readme.index("## Table 2")  # shapes: Table 1's dataset comes first
+    assert "paper (CIFAR-10) | 29.3" in (out / "table2.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
     assert len(images) == len(grid) * 2 + sum(r["run"]["model"] != "vae" for r in grid)
     for link in images + re.findall(r"(?<!!)\[[^\]]*\]\(([^)]+)\)", readme):
