@@ -32,6 +32,8 @@ class PipelineParams:
     models: list | None = None  # a subset of the profile's models; default all
     priors: list | None = None  # a subset of the profile's prior variants; default all
     overrides: list = field(default_factory=list)  # key=value applied to every run, e.g. "train.steps=100"
+    conditional_overrides: list = field(default_factory=list)  # key=value on the profile's conditional section
+    induced_overrides: list = field(default_factory=list)  # key=value on the profile's induced section
     run_root: str = "runs"
     eval_root: str = "evals"
     report_root: str = "reports"
@@ -70,6 +72,20 @@ def load_params(path: str | Path = PROJECT_ROOT / "params.yaml") -> Grid:
     return resolve_grid(params)
 
 
+def _override_conditional(profile: dict, overrides: list) -> None:
+    """Apply ``conditional_overrides`` to the profile's conditional section and validate it again."""
+    from trip.config import _apply_override
+    from trip.profiles import conditional_section
+
+    if not overrides:
+        return
+    if "conditional" not in profile:
+        raise ConfigError(f"conditional_overrides: profile {profile['name']!r} has no conditional section")
+    for item in overrides:
+        _apply_override(profile["conditional"], str(item))
+    conditional_section(profile)
+
+
 def resolve_grid(params: PipelineParams) -> Grid:
     profile = read_profile(PROJECT_ROOT / "configs" / f"{params.profile}.yaml")
     if not params.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in params.seeds):
@@ -79,6 +95,11 @@ def resolve_grid(params: PipelineParams) -> Grid:
         unknown = [n for n in chosen or [] if n not in profile[key]]
         if unknown:
             raise ConfigError(f"{key}: {unknown[0]!r} is not in profile {params.profile!r} ({', '.join(profile[key])})")
+    _override_conditional(profile, params.conditional_overrides)
+    if "induced" in profile:  # the induced stage's settings fail here too, not after training
+        from trip.induced import load_induced_config
+
+        load_induced_config(profile["induced"], [str(o) for o in params.induced_overrides])
     grid = {}
     root = PROJECT_ROOT / params.run_root
     for model, prior, seed in runs(profile, params.seeds):

@@ -89,7 +89,7 @@ EVAL_HEADLINES = {
     "reversal.pag": "eval.pag",
 }
 # Sections of eval.json that describe the run rather than measure it.
-EVAL_SKIP_SECTIONS = {"run", "figures"}
+EVAL_SKIP_SECTIONS = {"run", "figures", "settings", "source", "config", "files", "reversal_cache"}
 
 
 # ----------------------------------------------------------------------------- locations
@@ -415,14 +415,18 @@ def run_tags(config: dict, stage: str) -> dict[str, str]:
         "config_hash": str(config["config_hash"]),
         "seed": str(config.get("seed")),
         "stage": stage,
+        **({"missing": str(config["labels"]["missing"])} if "labels" in config else {}),
     }
 
 
-def run_artifacts(run_dir: Path, eval_dir: Path | None = None) -> list[tuple[str, str | None]]:
+def run_artifacts(run_dir: Path, eval_dir: Path | None = None,
+                  eval_name: str = "eval.json") -> list[tuple[str, str | None]]:
     """``(local_path, artifact_dir)`` for the files of a run (and its evaluation) that exist."""
     eval_dir = eval_dir or run_dir
-    top = [(str(d / name), None) for d, name in ((run_dir, "config.yaml"), (eval_dir, "eval.json"),
+    top = [(str(d / name), None) for d, name in ((run_dir, "config.yaml"), (eval_dir, eval_name),
                                                  (run_dir, "samples.png")) if (d / name).is_file()]
+    if eval_dir != run_dir:
+        top += [(str(path), None) for path in sorted(eval_dir.glob("*.png"))]
     figures = [(str(path), "figures") for path in sorted((eval_dir / "figures").glob("*.png"))]
     return top + figures
 
@@ -467,16 +471,35 @@ class Tracker:
         """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         self.logger.set_terminated(parent_id, status)
 
-    def log_run(self, parent_id: str, run_dir: str | Path, stage: str, eval_dir: str | Path | None = None) -> str:
+    def log_result(self, parent_id: str, result_file: str | Path, source_run_dir: str | Path, stage: str,
+                   name: str, artifacts: list[str | Path] = ()) -> str:
+        """Log (or update) a child run for a result derived from a run (e.g. an induced prior); return its id.
+
+        Params and tags come from the source run's config; the result's numbers are the metrics.
+        """
+        result_file, source_run_dir = Path(result_file), Path(source_run_dir)
+        config = yaml.safe_load((source_run_dir / "config.yaml").read_text())
+        tags = {**run_tags(config, stage), PARENT_TAG: parent_id, "result": name}
+        experiment_id = self.logger.run_state(parent_id)["experiment_id"]
+        run_id, _ = self.logger.find_or_create_run(experiment_id, "result", name, name, tags)
+        self.logger.update_run(run_id, [], eval_metrics(json.loads(result_file.read_text())),
+                               config_params(config), tags)
+        files = [result_file, *artifacts]
+        self.logger.log_artifacts(run_id, [(str(p), None) for p in map(Path, files) if p.is_file()])
+        self.logger.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def log_run(self, parent_id: str, run_dir: str | Path, stage: str, eval_dir: str | Path | None = None,
+                eval_name: str = "eval.json") -> str:
         """Log (or update) the child run for ``run_dir`` under ``parent_id``; return its id.
 
-        ``eval_dir`` holds the run's eval.json and figures when they are kept apart from it.
+        ``eval_dir`` holds the run's evaluation (``eval_name``) and figures when they are kept apart from it.
         """
         run_dir = Path(run_dir)
         eval_dir = Path(eval_dir) if eval_dir else run_dir
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         tags = {**run_tags(config, stage), PARENT_TAG: parent_id}
-        metrics_file, eval_file = run_dir / "metrics.jsonl", eval_dir / "eval.json"
+        metrics_file, eval_file = run_dir / "metrics.jsonl", eval_dir / eval_name
         train = training_metrics(metrics_file) if metrics_file.is_file() else []
         evaluation = eval_metrics(json.loads(eval_file.read_text())) if eval_file.is_file() else {}
 
@@ -484,6 +507,6 @@ class Tracker:
         run_id, _ = self.logger.find_or_create_run(
             experiment_id, "config_hash", tags["config_hash"], run_dir.name, tags)
         self.logger.update_run(run_id, train, evaluation, config_params(config), tags)
-        self.logger.log_artifacts(run_id, run_artifacts(run_dir, eval_dir))
+        self.logger.log_artifacts(run_id, run_artifacts(run_dir, eval_dir, eval_name))
         self.logger.set_terminated(run_id, "FINISHED")
         return run_id

@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A bad configuration value; the message starts with the dotted key."""
 
 
+# Models trained on (image, attributes) pairs, and the prior each one is built for.
+CONDITIONAL_MODELS = {"vae_trip_cond": "trip", "cvae": "normal"}
+
+
 @dataclass
 class DataConfig:
     name: str = "shapes"  # a name in trip.data.DATASETS
@@ -75,6 +79,14 @@ class TrainConfig:
 
 
 @dataclass
+class LabelsConfig:
+    """Attribute labels of the conditional models (paper Sec. 4); other models ignore this section."""
+
+    missing: float = 0.0  # fraction of each attribute's values hidden, fixed per training example
+    attributes: list | None = None  # dataset attribute names to condition on; null: all of them
+
+
+@dataclass
 class EvalConfig:
     """What ``python -m trip.evaluate`` computes; not part of the run's identity."""
 
@@ -101,6 +113,7 @@ class RunConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_dir: str = "runs/default"
@@ -108,6 +121,10 @@ class RunConfig:
     @property
     def prior_dim(self) -> int:
         return self.model.latent_dim if self.prior.dim is None else self.prior.dim
+
+    @property
+    def conditional(self) -> bool:
+        return self.model.name in CONDITIONAL_MODELS
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -207,7 +224,7 @@ def validate(cfg: RunConfig) -> None:
     _positive(cfg, ["eval.fid_samples", "eval.fid_batch_size", "eval.likelihood_examples", "eval.iwae_k"])
     _positive(cfg, ["eval.reversal_examples", "eval.reversal_steps", "eval.disagreement_prior_samples"])
     _positive(cfg, ["eval.disagreement_count", "eval.hop_trajectories", "eval.hop_steps", "eval.hop_dims"])
-    if cfg.model.name != "vae" and cfg.eval.reversal_examples < cfg.model.latent_dim:
+    if cfg.model.name in ("wgan", "wgan_gp") and cfg.eval.reversal_examples < cfg.model.latent_dim:
         raise ConfigError(
             f"eval.reversal_examples: {cfg.eval.reversal_examples} codes give a singular code matrix "
             f"in {cfg.model.latent_dim} dimensions (PAG = inf); use at least model.latent_dim"
@@ -237,6 +254,32 @@ def validate(cfg: RunConfig) -> None:
     low, high = cfg.prior.mean_range if len(cfg.prior.mean_range) == 2 else (1, 0)
     if not low < high:
         raise ConfigError(f"prior.mean_range: must be [low, high] with low < high, got {cfg.prior.mean_range}")
+    _check_labels(cfg)
+
+
+def _check_labels(cfg: RunConfig) -> None:
+    labels = cfg.labels
+    if not 0 <= labels.missing <= 1:
+        raise ConfigError(f"labels.missing: must be in [0, 1], got {labels.missing}")
+    names = labels.attributes
+    if names is not None:
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"labels.attributes: must be null or a non-empty list of distinct names, got {names}")
+        known = static_attributes(cfg.data.name)
+        unknown = [n for n in names if known is not None and n not in known]
+        if unknown:
+            raise ConfigError(f"labels.attributes: {unknown[0]!r} is not an attribute of {cfg.data.name} "
+                              f"(has: {', '.join(known)})")
+    wanted = CONDITIONAL_MODELS.get(cfg.model.name)
+    if wanted is not None and cfg.prior.name != wanted:
+        raise ConfigError(f"prior.name: {cfg.model.name} is built with the {wanted!r} prior, got {cfg.prior.name!r}")
+
+
+def static_attributes(dataset: str) -> tuple[str, ...] | None:
+    """A dataset's attribute names when they are fixed by its loader; None when they come from its files."""
+    from trip.data import celeba, shapes
+
+    return {"shapes": shapes.ATTRIBUTES, "celeba": celeba.ATTRIBUTES}.get(dataset)
 
 
 def _positive(cfg: RunConfig, keys: list[str]) -> None:
@@ -258,7 +301,11 @@ def _check_loader_options(loader, options: dict) -> None:
 
 # -- identity --------------------------------------------------------------------------
 def to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data; ``labels`` only for conditional models, so other runs keep their hash."""
+    content = dataclasses.asdict(cfg)
+    if not cfg.conditional:
+        content.pop("labels")
+    return content
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -15,6 +15,11 @@ The run directory holds:
 Resuming replays exactly: the data order is a function of (seed, epoch) and
 the RNG states are restored, so a resumed run ends in the same state as an
 uninterrupted one.
+
+Conditional models (``config.CONDITIONAL_MODELS``) train on (images, attributes,
+observed) batches. Which labels a run sees is drawn once per training example
+from the run seed (``labels.missing`` of each attribute hidden), so it is the
+same after a resume; hidden values are zeroed before the model sees them.
 """
 
 from __future__ import annotations
@@ -73,13 +78,62 @@ class Batches:
         self.per_epoch = images.shape[0] // batch_size
         self._epoch, self._order = -1, None
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def rows(self, index: int) -> torch.Tensor:
+        """The training examples of batch ``index``."""
         epoch, offset = divmod(index, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.images.shape[0], generator=g)
-        rows = self._order[offset * self.batch_size : (offset + 1) * self.batch_size]
-        return self.images[rows]
+        return self._order[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[self.rows(index)]
+
+
+@dataclass
+class Labels:
+    """A conditional run's attributes: names, values (N, c) with hidden ones zeroed, observed mask (N, c)."""
+
+    names: tuple[str, ...]
+    values: torch.Tensor
+    observed: torch.Tensor
+
+
+def select_attributes(cfg: RunConfig, available: tuple[str, ...]) -> tuple[str, ...]:
+    wanted = cfg.labels.attributes
+    if wanted is None:
+        return tuple(available)
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise ConfigError(f"labels.attributes: {unknown[0]!r} is not an attribute of {cfg.data.name} "
+                          f"(has: {', '.join(available)})")
+    return tuple(wanted)
+
+
+def observed_mask(n: int, count: int, missing: float, seed: int) -> torch.Tensor:
+    """(n, count) bool: per attribute, round(missing * n) examples chosen at random have the label hidden."""
+    rng = np.random.default_rng([seed, 0x1ABE1])  # a stream of its own: the batch order does not move it
+    hidden = round(missing * n)
+    mask = np.ones((n, count), dtype=bool)
+    for j in range(count):
+        mask[rng.permutation(n)[:hidden], j] = False
+    return torch.from_numpy(mask)
+
+
+def load_labels(cfg: RunConfig, split: Split) -> Labels:
+    names = select_attributes(cfg, split.attribute_names)
+    columns = [split.attribute_names.index(name) for name in names]
+    values = torch.from_numpy(split.attributes[:, columns].astype(np.int64))
+    observed = observed_mask(len(split), len(names), cfg.labels.missing, cfg.seed)
+    return Labels(names, torch.where(observed, values, 0), observed)
+
+
+def build_model(cfg: RunConfig, channels: int, attributes: tuple[str, ...] | None = None) -> torch.nn.Module:
+    """The run's model; a conditional one over ``attributes`` (None: the count the config implies)."""
+    builder = MODELS.get(cfg.model.name)
+    if not cfg.conditional:
+        return builder(cfg, channels)
+    return builder(cfg, channels, None if attributes is None else len(attributes))
 
 
 # -- optimisation ----------------------------------------------------------------------
@@ -110,7 +164,7 @@ def make_optimizers(model, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
 
 
 def vae_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
-    loss, stats = model.loss(next_batch())
+    loss, stats = model.loss(*next_batch())
     opts["model"].zero_grad(set_to_none=True)
     loss.backward()
     opts["model"].step()
@@ -120,7 +174,7 @@ def vae_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
 def gan_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
     stats: dict[str, float] = {}
     for _ in range(cfg.train.n_critic):
-        loss, stats = model.critic_loss(next_batch())
+        loss, stats = model.critic_loss(*next_batch())
         opts["critic"].zero_grad(set_to_none=True)
         loss.backward()
         opts["critic"].step()
@@ -186,7 +240,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, opts, step: int, cursor: int, digest: str, channels: int) -> None:
+def save_checkpoint(path: Path, model, opts, step: int, cursor: int, digest: str, channels: int,
+                    attributes: tuple[str, ...] | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "channels": channels,
@@ -196,6 +251,8 @@ def save_checkpoint(path: Path, model, opts, step: int, cursor: int, digest: str
         "rng": _rng_state(),
         "config_hash": digest,
     }
+    if attributes is not None:  # conditional models: the attributes, in the order the model sees them
+        state["attributes"] = list(attributes)
     atomic_write(path, lambda handle: torch.save(state, handle))  # a kill keeps the previous one
 
 
@@ -265,10 +322,11 @@ def run(cfg: RunConfig, stop_after: int | None = None, progress: bool | None = N
     start = time.perf_counter()
     train, _ = load_data(cfg)
     images = torch.from_numpy(np.ascontiguousarray(train.images))
+    labels = load_labels(cfg, train) if cfg.conditional else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    model = MODELS.get(cfg.model.name)(cfg, images.shape[1]).to(device)
+    model = build_model(cfg, images.shape[1], None if labels is None else labels.names).to(device)
     opts = make_optimizers(model, cfg)
     batches = Batches(images, cfg.train.batch_size, cfg.seed)
     ckpt, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
@@ -279,23 +337,27 @@ def run(cfg: RunConfig, stop_after: int | None = None, progress: bool | None = N
         log.info("resuming %s at step %d", run_dir, step)
     elif metrics_path.exists():
         metrics_path.unlink()  # lines from a run killed before its first checkpoint
-    final = _train_loop(cfg, model, opts, batches, images, device, step, cursor, stop_after, progress)
+    final = _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_after, progress)
     if final is None:
         return RunResult(run_dir, digest, stop_after or 0, {}, time.perf_counter() - start)
     _finish(cfg, model, run_dir, digest, final, time.perf_counter() - start)
     return RunResult(run_dir, digest, cfg.train.steps, final, time.perf_counter() - start)
 
 
-def _train_loop(cfg, model, opts, batches, images, device, step, cursor, stop_after, progress):
+def _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_after, progress):
     """Steps from ``step`` to ``train.steps``; returns the last logged metrics, or None if stopped early."""
-    run_dir = Path(cfg.run_dir)
+    run_dir, images = Path(cfg.run_dir), batches.images
     step_fn = vae_step if isinstance(model, VAE) else gan_step
     state = {"cursor": cursor}
 
-    def next_batch() -> torch.Tensor:
-        x = batches[state["cursor"]]
+    def next_batch() -> tuple[torch.Tensor, ...]:
+        """The model's inputs: (images,), or (images, attributes, observed) for a conditional model."""
+        rows = batches.rows(state["cursor"])
         state["cursor"] += 1
-        return to_float(x).to(device)
+        x = to_float(images[rows]).to(device)
+        if labels is None:
+            return (x,)
+        return x, labels.values[rows].to(device), labels.observed[rows].to(device)
 
     if step == 0 and reinit_due(cfg, model, 0):
         reinit_prior(model, opts, images, cfg, 0, device)
@@ -323,7 +385,8 @@ def _train_loop(cfg, model, opts, batches, images, device, step, cursor, stop_af
             sums, tick = {}, time.perf_counter()
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or step == stop_after:
             save_checkpoint(
-                run_dir / "checkpoint.pt", model, opts, step, state["cursor"], config_hash(cfg), images.shape[1]
+                run_dir / "checkpoint.pt", model, opts, step, state["cursor"], config_hash(cfg), images.shape[1],
+                None if labels is None else labels.names,
             )
         if step == stop_after and step < cfg.train.steps:
             bar.close()
@@ -361,9 +424,11 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} does not exist: the run has not been trained")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model = MODELS.get(cfg.model.name)(cfg, state["channels"]).to(device)
+    model = build_model(cfg, state["channels"], state.get("attributes")).to(device)
     model.load_state_dict(state["model"])
     model.image_channels = state["channels"]
+    if cfg.conditional:
+        model.attribute_names = tuple(state["attributes"])
     return cfg, model.eval()
 
 

@@ -33,14 +33,20 @@ def _params(tmp_path, **changes) -> str:
     return str(path)
 
 
+TINY_CONDITIONAL = ["missing=[0.5]", "samples_per_spec=4", "classifier.steps=3",
+                    "specs=[{square: 1}, {warm: 1, large: 0}]"]
+TINY_INDUCED = ["source_prior=trip_learnable", "reversal_examples=16", "reversal_steps=2", "pgan.steps=2",
+                "trip.steps=2", "continue_steps=1", "fid_samples=8"]
+
+
 def test_whole_dag_on_a_tiny_grid(tmp_path, monkeypatch):
     import mlflow
 
-    from stages import evaluate, prepare, report, train
+    from stages import conditional, evaluate, induced, prepare, report, train
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # offline Inception weights, converted here
-    params = _params(tmp_path)
-    for stage in (prepare, train, evaluate, report):
+    params = _params(tmp_path, conditional_overrides=TINY_CONDITIONAL, induced_overrides=TINY_INDUCED)
+    for stage in (prepare, train, evaluate, conditional, induced, report):
         stage.main(["--params", params])
     for label in ("vae-trip_learnable-s0", "wgan_gp-trip_learnable-s0"):
         assert (tmp_path / "runs/shapes" / label / "complete.json").exists()
@@ -56,9 +62,28 @@ def test_whole_dag_on_a_tiny_grid(tmp_path, monkeypatch):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["vae-trip_learnable-s0", "wgan_gp-trip_learnable-s0"]
+    grid_runs = [r for r in children if r.data.tags["stage"] == "evaluate"]
+    assert sorted(r.info.run_name for r in grid_runs) == ["vae-trip_learnable-s0", "wgan_gp-trip_learnable-s0"]
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
-    assert all("eval.fid" in r.data.metrics and "model.name" in r.data.params for r in children)
+    assert all("eval.fid" in r.data.metrics and "model.name" in r.data.params for r in grid_runs)
+
+    reports = tmp_path / "reports/shapes"
+    table3 = (reports / "table3.md").read_text()
+    assert "VAE-TRIP (joint ring) | 50%" in table3 and "CVAE (unknown-label baseline) | 50%" in table3
+    assert "Classifier held-out accuracy: square" in table3
+    induced_md = (reports / "induced.md").read_text()
+    assert all(label in induced_md for label in ("own prior (control)", "PGAN", "TRIP (max. likelihood)"))
+    index = (reports / "README.md").read_text()
+    assert "## Table 3" in index and "## Data-induced priors" in index and "cond_samples.png" in index
+    metrics = json.loads((tmp_path / "reports/metrics_shapes.json").read_text())
+    assert {"violation_any/cvae/miss50/s0", "induced_pag_after/trip"} <= set(metrics)
+    by_stage = {}
+    for r in children:
+        by_stage.setdefault(r.data.tags["stage"], []).append(r)
+    assert sorted(r.info.run_name for r in by_stage["conditional"]) == ["cond-cvae-miss50-s0",
+                                                                      "cond-vae_trip_cond-miss50-s0"]
+    assert all("eval.summary.violation_any" in r.data.metrics for r in by_stage["conditional"])
+    assert len(by_stage["induced"]) == 3 and all("eval.after.pag" in r.data.metrics for r in by_stage["induced"])
 
 
 def test_bad_params_name_the_key(tmp_path):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from trip.registry import Registry
@@ -121,33 +122,43 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class Encoder(nn.Module):
-    """x (B, C, H, W) in [-1, 1] -> (mean, log-variance), each (B, latent_dim)."""
+    """x (B, C, H, W) in [-1, 1] -> (mean, log-variance), each (B, latent_dim).
+
+    ``extra`` (B, extra_inputs), e.g. a conditional VAE's labels, joins the
+    flattened features before the last linear layer.
+    """
 
     def __init__(self, features: nn.Sequential, head: nn.Linear):
         super().__init__()
         self.features = features
         self.head = head
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, logvar = self.head(self.features(x)).chunk(2, dim=1)
+    def forward(self, x: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.features(x)
+        if extra is not None:
+            h = torch.cat([h, extra.to(h)], dim=1)
+        mean, logvar = self.head(h).chunk(2, dim=1)
         return mean, logvar
 
 
-def build_encoder(arch: str, latent_dim: int, channels: int, image_size: int) -> Encoder:
+def build_encoder(arch: str, latent_dim: int, channels: int, image_size: int, extra_inputs: int = 0) -> Encoder:
     widths = _widths(arch, channels, image_size, latent_dim)
     layers: list[nn.Module] = []
     for c_in, c_out in zip([channels, *widths], widths):
         layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
     layers.append(nn.Flatten())
-    return Encoder(nn.Sequential(*layers), nn.Linear(widths[-1] * 4 * 4, 2 * latent_dim))
+    return Encoder(nn.Sequential(*layers), nn.Linear(widths[-1] * 4 * 4 + extra_inputs, 2 * latent_dim))
 
 
-def build_decoder(arch: str, latent_dim: int, channels: int, image_size: int) -> nn.Sequential:
-    """z (B, latent_dim) -> the mean image (B, C, H, W) in [-1, 1]."""
+def build_decoder(arch: str, latent_dim: int, channels: int, image_size: int, extra_inputs: int = 0) -> nn.Sequential:
+    """z (B, latent_dim + extra_inputs) -> the mean image (B, C, H, W) in [-1, 1].
+
+    With ``extra_inputs`` the input is a code with extra values appended (a conditional VAE's labels).
+    """
     widths = _widths(arch, channels, image_size, latent_dim)
     code = _spec(arch).max_width
     layers: list[nn.Module] = [
-        nn.Linear(latent_dim, code),
+        nn.Linear(latent_dim + extra_inputs, code),
         nn.LeakyReLU(0.2),
         nn.Unflatten(1, (code, 1, 1)),
         nn.ConvTranspose2d(code, widths[-1], 4, 1, 0, bias=False),  # 1x1 -> 4x4
