@@ -74,7 +74,7 @@ def load_params(path: str | Path = PROJECT_ROOT / "params.yaml") -> Grid:
 
 def _override_conditional(profile: dict, overrides: list) -> None:
     """Apply ``conditional_overrides`` to the profile's conditional section and validate it again."""
-    from trip.config import _apply_override
+    from trip.config import apply_override
     from trip.profiles import conditional_section
 
     if not overrides:
@@ -82,7 +82,7 @@ def _override_conditional(profile: dict, overrides: list) -> None:
     if "conditional" not in profile:
         raise ConfigError(f"conditional_overrides: profile {profile['name']!r} has no conditional section")
     for item in overrides:
-        _apply_override(profile["conditional"], str(item))
+        apply_override(profile["conditional"], str(item))
     conditional_section(profile)
 
 

@@ -132,7 +132,7 @@ def load_config(raw: dict | None = None, overrides: list[str] | None = None) -> 
     """Build and validate a RunConfig from a nested dict and ``key.path=value`` overrides."""
     raw = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     cfg = build_dataclass(RunConfig, raw, "")
     validate(cfg)
     return cfg
@@ -150,7 +150,8 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return load_config(raw, overrides)
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``key.path=value`` in a nested dict; the value is parsed as YAML (``[0.5]``, ``null``, ``1e-3``)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value")
     key, value = item.split("=", 1)

@@ -46,11 +46,11 @@ PART_KEYS = {
 }
 
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -58,7 +58,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _batched_samples(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
+def batched_samples(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """n generated images in [-1, 1] on CPU, reproducible for a seed."""
     torch.manual_seed(seed)
     out = [model.sample(min(batch_size, n - i)).float().cpu() for i in range(0, n, batch_size)]
@@ -73,7 +73,7 @@ def reference_statistics(cfg: RunConfig, ev: EvalConfig, train: Split, test: Spl
     count = min(ev.fid_samples, reference_split.images.shape[0])
     inception = model or fidlib.load_inception(device)
     # The cache key names the dataset, its loader options, and a stand-in feature model if any.
-    name = f"{cfg.data.name.replace('_', '-')}-{_digest(cfg.data.options)[:6]}" + ("-custom" if model else "")
+    name = f"{cfg.data.name.replace('_', '-')}-{digest(cfg.data.options)[:6]}" + ("-custom" if model else "")
     stats = fidlib.reference_stats(
         name, ev.fid_split, cfg.data.image_size, count, lambda: reference_split.images[:count],
         Path(ev.fid_stats_dir), batch_size=ev.fid_batch_size, device=device, model=inception, progress=progress,
@@ -85,7 +85,7 @@ def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, c
     stats, count, inception = reference_statistics(
         cfg, ev, train, test, ctx["device"], ctx.get("fid_model"), ctx["progress"]
     )
-    samples = _batched_samples(model, count, ev.fid_batch_size, ev.seed)
+    samples = batched_samples(model, count, ev.fid_batch_size, ev.seed)
     result = fidlib.compute_fid(
         fidlib.to_uint8(samples, (-1, 1)), stats, batch_size=ev.fid_batch_size, device=ctx["device"],
         model=inception, progress=ctx["progress"],
@@ -134,7 +134,7 @@ def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConf
 def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
     fig_dir, run_dir = ctx["figure_dir"], Path(cfg.run_dir)
     metrics = run_dir / "metrics.jsonl"
-    made = [figures.save_image_grid(_batched_samples(model, 64, 64, ev.seed), fig_dir / "samples.png")]
+    made = [figures.save_image_grid(batched_samples(model, 64, 64, ev.seed), fig_dir / "samples.png")]
     made.append(figures.plot_training_curves(metrics, fig_dir / "training_curves.png"))
     decode = model.decode if isinstance(model, VAE) else model.generator
     prior = model.prior
@@ -181,17 +181,17 @@ def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "a
     ctx["figure_dir"].mkdir(parents=True, exist_ok=True)
     path = out_dir / "eval.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    checkpoint = _file_digest(run_dir / "checkpoint.pt")
+    checkpoint = file_digest(run_dir / "checkpoint.pt")
     out = {"run": {"model": cfg.model.name, "prior": cfg.prior.name, "learnable": cfg.prior.learnable,
                    "dataset": cfg.data.name, "seed": cfg.seed, "run_dir": str(run_dir)}}
     for name in parts_for(model):
         settings = {k: getattr(ev, k) for k in PART_KEYS[name]}
-        digest = _digest(checkpoint, settings, name, fid_model is not None)
-        if previous.get(name, {}).get("inputs") == digest:
+        inputs = digest(checkpoint, settings, name, fid_model is not None)
+        if previous.get(name, {}).get("inputs") == inputs:
             out[name] = previous[name]
             log.info("%s: %s unchanged, reused", run_dir, name)
             continue
-        out[name] = {**PARTS[name](cfg, model, train, test, ev, ctx), "inputs": digest}
+        out[name] = {**PARTS[name](cfg, model, train, test, ev, ctx), "inputs": inputs}
         _write_json(path, {**previous, **out})  # progress survives a crash in a later part
     _write_json(path, out)
     return out

@@ -45,9 +45,9 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from trip.config import ConfigError, RunConfig, _apply_override, build_dataclass, load_config, to_dict
+from trip.config import ConfigError, RunConfig, apply_override, build_dataclass, load_config, to_dict
 from trip.data import to_float
-from trip.evaluate import _batched_samples, _digest, _file_digest, fid_part
+from trip.evaluate import batched_samples, digest, file_digest, fid_part
 from trip.figures import save_image_grid
 from trip.io import atomic_write, atomic_write_text
 from trip.metrics.reversal import nearest_distances, pag_score, reverse_generator
@@ -117,7 +117,7 @@ def load_induced_config(raw: dict | None = None, overrides: list[str] | None = N
     """Build and validate an InducedConfig from a dict and ``key.path=value`` overrides."""
     raw = json.loads(json.dumps(raw or {}))
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     cfg = build_dataclass(InducedConfig, raw, "")
     validate(cfg)
     return cfg
@@ -397,7 +397,7 @@ def cached_reversal(model: WassersteinGAN, images: Tensor, cfg: InducedConfig, o
 
     Returns (reversal, cache path, whether the cache was reused).
     """
-    key = _digest(checkpoint, len(images), cfg.reversal_steps, cfg.reversal_lr, cfg.seed)
+    key = digest(checkpoint, len(images), cfg.reversal_steps, cfg.reversal_lr, cfg.seed)
     path = out_dir / f"reversal-{key}.pt"
     if path.exists():
         try:
@@ -494,7 +494,7 @@ def run_induced(source_run_dir: str | Path, kind: str, cfg: InducedConfig, out_d
     run_cfg, model = load_source(source, dev)
     _check_fits_run(cfg, run_cfg, source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = _file_digest(source / "checkpoint.pt")
+    checkpoint = file_digest(source / "checkpoint.pt")
     train, test = load_data(run_cfg)
     if train.images.shape[0] < cfg.reversal_examples:
         raise ConfigError(f"reversal_examples: {cfg.reversal_examples} exceeds the {train.images.shape[0]} "
@@ -525,7 +525,7 @@ def run_induced(source_run_dir: str | Path, kind: str, cfg: InducedConfig, out_d
 
     files = {"checkpoint": f"induced_{kind}.pt", "samples": f"induced_{kind}_samples.png"}
     _save_checkpoint(out_dir / files["checkpoint"], model, run_cfg, kind, cfg, source, checkpoint)
-    save_image_grid(_batched_samples(model, 64, 64, cfg.seed), out_dir / files["samples"])
+    save_image_grid(batched_samples(model, 64, 64, cfg.seed), out_dir / files["samples"])
     times["total"] = time.perf_counter() - start
     out = {
         "kind": kind,
@@ -558,7 +558,7 @@ def _check_fits_run(cfg: InducedConfig, run_cfg: RunConfig, source: Path) -> Non
 def _before_scores(model, reversal, run_cfg, train, test, cfg, out_dir, checkpoint, dev, fid_model,
                    progress) -> dict:
     """The source GAN's scores, cached beside the reversal (every kind shares them)."""
-    key = _digest(checkpoint, cfg.reversal_examples, cfg.reversal_steps, cfg.reversal_lr, cfg.seed,
+    key = digest(checkpoint, cfg.reversal_examples, cfg.reversal_steps, cfg.reversal_lr, cfg.seed,
                   cfg.fid_samples, dataclasses.asdict(run_cfg.eval), fid_model is not None)
     path = out_dir / f"before-{key}.json"
     if path.exists():
@@ -578,10 +578,10 @@ def _prior_spec(prior: Prior) -> dict:
 
 
 def _save_checkpoint(path: Path, model, run_cfg: RunConfig, kind: str, cfg: InducedConfig, source: Path,
-                     digest: str) -> None:
+                     source_digest: str) -> None:
     state = {"model": model.state_dict(), "channels": model.image_channels, "run_config": to_dict(run_cfg),
              "prior_spec": _prior_spec(model.prior), "kind": kind, "induced_config": dataclasses.asdict(cfg),
-             "source_run_dir": str(source), "source_checkpoint": digest}
+             "source_run_dir": str(source), "source_checkpoint": source_digest}
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
