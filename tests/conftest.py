@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny profile that trains any model x prior in a second."""
+"""Shared fixtures: a tiny profile that trains any model x prior in a second, and a stand-in FID network."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 PRIOR_VARIANTS = {
     "normal": {"name": "normal"},
@@ -38,3 +39,21 @@ def _tiny_profile(root) -> dict:
 def tiny_profile():
     """A factory: tiny_profile(root) -> a profile dict writing under ``root``."""
     return _tiny_profile
+
+
+class StubFeatures(torch.nn.Module):
+    """InceptionV3's output convention with 6-d features: keeps FID tests off the real network and a 2048-d sqrtm."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 6, 1)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        return [torch.nn.functional.adaptive_avg_pool2d(torch.tanh(self.proj(2 * x - 1)), 1)]
+
+
+@pytest.fixture
+def stub_features() -> torch.nn.Module:
+    """A fresh stand-in for the FID feature network, in eval mode."""
+    return StubFeatures().eval()

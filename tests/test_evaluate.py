@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from torch import nn
 
 from trip.config import EvalConfig
 from trip.evaluate import evaluate, main
 from trip.profiles import resolve
 from trip.train import run
-
-
-class StubFeatures(nn.Module):
-    """InceptionV3's output convention, 6-d features: keeps FID tests off a 2048-d sqrtm."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 6, 1)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x):
-        return [nn.functional.adaptive_avg_pool2d(torch.tanh(self.proj(2 * x - 1)), 1)]
 
 
 def _eval_settings(tmp_path) -> EvalConfig:
@@ -41,9 +27,9 @@ def trained(tiny_profile, tmp_path):
     return make
 
 
-def test_vae_run_gets_fid_elbo_iwae_and_figures(trained, tmp_path):
+def test_vae_run_gets_fid_elbo_iwae_and_figures(trained, tmp_path, stub_features):
     run_dir = trained("vae")
-    out = evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=StubFeatures().eval())
+    out = evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=stub_features)
     assert out["fid"]["n_samples"] == 32 and out["fid"]["value"] >= 0 and "n=32" in out["fid"]["text"]
     lk = out["likelihood"]
     assert lk["n_examples"] == 12 and lk["iwae_k"] == 10
@@ -55,9 +41,9 @@ def test_vae_run_gets_fid_elbo_iwae_and_figures(trained, tmp_path):
     assert "reversal" not in out
 
 
-def test_gan_run_gets_pag_reversal_and_disagreement(trained, tmp_path):
+def test_gan_run_gets_pag_reversal_and_disagreement(trained, tmp_path, stub_features):
     run_dir = trained("wgan_gp", "gmm_fixed")
-    out = evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=StubFeatures().eval())
+    out = evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=stub_features)
     rv = out["reversal"]
     assert rv["pag"] >= 0 and len(rv["reversal_curve"]) == 6 and rv["n_examples"] == 8
     assert rv["reversal_curve"][-1] <= rv["reversal_curve"][0]
@@ -66,20 +52,20 @@ def test_gan_run_gets_pag_reversal_and_disagreement(trained, tmp_path):
     assert "likelihood" not in out
 
 
-def test_evaluation_is_idempotent_and_redoes_only_changed_parts(trained, tmp_path, monkeypatch):
+def test_evaluation_is_idempotent_and_redoes_only_changed_parts(trained, tmp_path, stub_features, monkeypatch):
     run_dir = trained("vae", "normal")
     settings = _eval_settings(tmp_path)
-    first = evaluate(run_dir, settings, "cpu", progress=False, fid_model=StubFeatures().eval())
+    first = evaluate(run_dir, settings, "cpu", progress=False, fid_model=stub_features)
     calls = []
     import trip.evaluate as ev
 
     for name in ("fid", "likelihood", "figures"):
         original = ev.PARTS[name]
         monkeypatch.setitem(ev.PARTS, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a))
-    again = evaluate(run_dir, settings, "cpu", progress=False, fid_model=StubFeatures().eval())
+    again = evaluate(run_dir, settings, "cpu", progress=False, fid_model=stub_features)
     assert calls == [] and again == first
     settings.iwae_k = 5
-    evaluate(run_dir, settings, "cpu", progress=False, fid_model=StubFeatures().eval())
+    evaluate(run_dir, settings, "cpu", progress=False, fid_model=stub_features)
     assert calls == ["likelihood"]
 
 
@@ -95,10 +81,10 @@ def test_clear_errors_for_missing_or_incomplete_runs(tiny_profile, tmp_path):
     assert exit_info.value.code == 2
 
 
-def test_results_can_go_to_a_separate_directory(trained, tmp_path):
+def test_results_can_go_to_a_separate_directory(trained, tmp_path, stub_features):
     run_dir = trained("vae", "normal")
     before = sorted(p.name for p in (tmp_path / "runs/tiny/vae-normal-s0").iterdir())
     out = tmp_path / "evals" / "vae-normal-s0"
-    evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=StubFeatures().eval(), out_dir=out)
+    evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=stub_features, out_dir=out)
     assert (out / "eval.json").exists() and (out / "figures" / "samples.png").exists()
     assert sorted(p.name for p in (tmp_path / "runs/tiny/vae-normal-s0").iterdir()) == before

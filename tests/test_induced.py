@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from torch import nn
 
 import trip.induced as induced
 from trip.config import ConfigError
@@ -27,18 +26,6 @@ from trip.induced import (
 from trip.models import MODELS
 from trip.profiles import resolve
 from trip.train import run
-
-
-class StubFeatures(nn.Module):
-    """InceptionV3's output convention with 6-d features, so FID costs nothing."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 6, 1)
-        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x):
-        return [nn.functional.adaptive_avg_pool2d(torch.tanh(self.proj(2 * x - 1)), 1)]
 
 
 def _tiny_induced(**changes) -> InducedConfig:
@@ -124,7 +111,7 @@ def test_a_fixed_pgan_prior_trains_a_gan_without_asking_for_a_density(tiny_profi
     assert "prior_surrogate" not in stats and all(p.grad is None for p in gan.prior.parameters())
 
 
-def test_run_induced_all_kinds(gan_run, tmp_path, monkeypatch):
+def test_run_induced_all_kinds(gan_run, tmp_path, stub_features, monkeypatch):
     checkpoint = gan_run + "/checkpoint.pt"
     source_bytes, source_files = open(checkpoint, "rb").read(), sorted(os.listdir(gan_run))
     calls = []
@@ -134,7 +121,7 @@ def test_run_induced_all_kinds(gan_run, tmp_path, monkeypatch):
     results = {}
     for kind in ("trip", "pgan", "original"):
         calls.clear()
-        results[kind] = run_induced(gan_run, kind, cfg, out_dir, progress=False, fid_model=StubFeatures().eval())
+        results[kind] = run_induced(gan_run, kind, cfg, out_dir, progress=False, fid_model=stub_features)
         assert len(calls) == (2 if kind == "trip" else 1)  # later kinds reuse the cached reversal
         assert results[kind]["reversal_cache"]["reused"] is (kind != "trip")
     for kind, out in results.items():
