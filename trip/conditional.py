@@ -36,6 +36,7 @@ import torch
 
 from trip.config import ConfigError, DataConfig, RunConfig, config_hash
 from trip.data import Split, to_float
+from trip.figures import save_image_grid
 from trip.io import atomic_write, atomic_write_text
 from trip.metrics.conditional import (
     AttributeClassifier,
@@ -168,7 +169,7 @@ def evaluate_conditional(run_dir: str | Path, classifier_path: str | Path, specs
         "summary": _summary(records),
     }
     atomic_write_text(out_dir / EVAL_JSON, json.dumps(result, indent=2))
-    _save_grid(out_dir / GRID_PNG, rows)
+    save_image_grid(torch.cat(rows), out_dir / GRID_PNG, nrow=len(rows[0]), padding=1)
     return result
 
 
@@ -204,13 +205,6 @@ def _summary(records: list[dict]) -> dict:
 
     keys = ("violation_any", "violation_mean", "diversity_mean", "diversity_joint")
     return {key: average(key) for key in keys}
-
-
-def _save_grid(path: Path, rows: list[torch.Tensor]) -> None:
-    from torchvision.utils import save_image
-
-    grid = (torch.cat(rows) + 1) / 2
-    atomic_write(path, lambda handle: save_image(grid, handle, nrow=len(rows[0]), padding=1, format="png"))
 
 
 # -- the grid of a profile -------------------------------------------------------------

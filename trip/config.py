@@ -130,12 +130,17 @@ class RunConfig:
 # -- reading ---------------------------------------------------------------------------
 def load_config(raw: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build and validate a RunConfig from a nested dict and ``key.path=value`` overrides."""
+    cfg = build_with_overrides(RunConfig, raw, overrides)
+    validate(cfg)
+    return cfg
+
+
+def build_with_overrides(cls, raw: dict | None, overrides: list[str] | None = None):
+    """``build_dataclass`` of a copy of ``raw`` with ``key.path=value`` overrides applied first."""
     raw = json.loads(json.dumps(raw or {}))  # a deep copy with plain types
     for item in overrides or []:
         apply_override(raw, item)
-    cfg = build_dataclass(RunConfig, raw, "")
-    validate(cfg)
-    return cfg
+    return build_dataclass(cls, raw, "")
 
 
 def read_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

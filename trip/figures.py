@@ -225,8 +225,8 @@ def plot_mode_hopping(
 
 
 # -- image grids ---------------------------------------------------------------------
-def save_image_grid(images: Tensor, path, nrow: int | None = None) -> Path:
-    """Save images (B, C, H, W) in [-1, 1] as one PNG grid, ``nrow`` images per row.
+def save_image_grid(images: Tensor, path, nrow: int | None = None, padding: int = GRID_PADDING) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (atomically), ``nrow`` images per row.
 
     ``nrow`` defaults to ceil(sqrt(B)), a near-square grid.
     """
@@ -237,7 +237,7 @@ def save_image_grid(images: Tensor, path, nrow: int | None = None) -> Path:
         raise ValueError(f"images must be a non-empty (B, C, H, W) tensor, got {shape}")
     nrow = math.ceil(math.sqrt(images.shape[0])) if nrow is None else int(nrow)
     pixels = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    return atomic_write(path, lambda f: save_image(pixels, f, nrow=nrow, padding=GRID_PADDING, format="png"))
+    return atomic_write(path, lambda f: save_image(pixels, f, nrow=nrow, padding=padding, format="png"))
 
 
 # -- training curves -----------------------------------------------------------------

@@ -45,7 +45,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from trip.config import ConfigError, RunConfig, apply_override, build_dataclass, load_config, to_dict
+from trip.config import ConfigError, RunConfig, build_with_overrides, load_config, to_dict
 from trip.data import to_float
 from trip.evaluate import batched_samples, digest, file_digest, fid_part
 from trip.figures import save_image_grid
@@ -115,10 +115,7 @@ class InducedConfig:
 
 def load_induced_config(raw: dict | None = None, overrides: list[str] | None = None) -> InducedConfig:
     """Build and validate an InducedConfig from a dict and ``key.path=value`` overrides."""
-    raw = json.loads(json.dumps(raw or {}))
-    for item in overrides or []:
-        apply_override(raw, item)
-    cfg = build_dataclass(InducedConfig, raw, "")
+    cfg = build_with_overrides(InducedConfig, raw, overrides)
     validate(cfg)
     return cfg
 

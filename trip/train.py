@@ -400,13 +400,12 @@ def _fmt(metrics: dict) -> str:
 
 
 def _finish(cfg: RunConfig, model, run_dir: Path, digest: str, final: dict, wall: float) -> None:
-    from torchvision.utils import save_image
+    from trip.figures import save_image_grid
 
     model.eval()
     with torch.no_grad():
         samples = model.sample(cfg.train.sample_count).float().cpu()
-    nrow = int(np.ceil(np.sqrt(cfg.train.sample_count)))
-    save_image((samples + 1) / 2, run_dir / "samples.png", nrow=nrow, padding=1)
+    save_image_grid(samples, run_dir / "samples.png", padding=1)
     marker = {"config_hash": digest, "steps": cfg.train.steps, "final_metrics": final, "wall_seconds": wall}
     atomic_write_text(run_dir / "complete.json", json.dumps(marker, indent=2))
     log.info("finished %s in %.1fs", run_dir, wall)
