@@ -29,6 +29,7 @@ class TrackingParams:
 class PipelineParams:
     profile: str = "shapes"  # configs/<profile>.yaml
     seeds: list = field(default_factory=lambda: [0])
+    secondary_seeds: list = field(default_factory=lambda: [0])  # the conditional experiment's seeds (Table 3)
     models: list | None = None  # a subset of the profile's models; default all
     priors: list | None = None  # a subset of the profile's prior variants; default all
     overrides: list = field(default_factory=list)  # key=value applied to every run, e.g. "train.steps=100"
@@ -88,8 +89,10 @@ def _override_conditional(profile: dict, overrides: list) -> None:
 
 def resolve_grid(params: PipelineParams) -> Grid:
     profile = read_profile(PROJECT_ROOT / "configs" / f"{params.profile}.yaml")
-    if not params.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in params.seeds):
-        raise ConfigError(f"seeds: must be a non-empty list of integers, got {params.seeds!r}")
+    for key in ("seeds", "secondary_seeds"):
+        value = getattr(params, key)
+        if not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+            raise ConfigError(f"{key}: must be a non-empty list of integers, got {value!r}")
     for key in ("models", "priors"):
         chosen = getattr(params, key)
         unknown = [n for n in chosen or [] if n not in profile[key]]

@@ -39,7 +39,9 @@ What a local Ray needs to stay inside the project and offline (Ray 2.60):
   project, world-readable). The session instead hands Ray a random token
   made for it in ``RAY_AUTH_TOKEN``: auth stays on (the GCS listens on every
   interface), nothing is written and nothing needs the network. A user's own
-  ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` wins.
+  token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``) or ``RAY_AUTH_MODE=disabled``
+  wins; ``RAY_AUTH_MODE=token`` alone still gets the session's token, since Ray
+  would otherwise write one to ``~/.ray/auth_token``.
   Environment changes are undone when the session ends.
 
 Inside a task:
@@ -89,7 +91,6 @@ from trip.config import ConfigError
 log = logging.getLogger("pipeline.ray_runner")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task name in its tracebacks
-_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 # The longest Unix socket Ray creates under its temp dir is
 # <temp>/session_<YYYY-MM-DD_HH-MM-SS_ffffff>_<pid>/sockets/plasma_store[.N]
@@ -178,7 +179,9 @@ def temp_dir_for(compute: ComputeConfig, project_root: str | Path) -> Path:
 
 def _session_env(compute: ComputeConfig) -> dict[str, str]:
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
-    if compute.is_local and not any(var in os.environ for var in _AUTH_VARS):
+    own_token = any(var in os.environ for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"))
+    auth_off = os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled"
+    if compute.is_local and not own_token and not auth_off:  # else Ray writes a token to ~/.ray/auth_token
         env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     return env
 

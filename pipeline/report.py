@@ -1,20 +1,25 @@
-"""Write one profile's report: table files, ``metrics.json`` and an index page, ``README.md``.
+"""Write one profile's report: table files, the metrics file and an index page, ``README.md``.
 
-    from pipeline.tables import collect
+    from pipeline.tables import collect, read_results
     from pipeline.report import write_reports
     results = collect(sorted(Path("runs/shapes").glob("*/eval.json")))
-    write_reports(results, Path("reports"), "shapes",
-                  protocol={"image_size": 32, "steps": {"vae": 3000, "wgan": 1500, "wgan_gp": 1500}})
+    write_reports(results, Path("reports/shapes"), "shapes",
+                  protocol={"image_size": 32, "steps": {"vae": 3000, "wgan": 1500, "wgan_gp": 1500}},
+                  conditional=read_results(cond_paths), induced=read_results(induced_paths))
 
 Files written into ``out_dir``. Each is written to a temporary file and then
 moved into place with ``os.replace``, so a reader never sees half a file:
 
 * ``table1.md``, ``table1.csv`` and ``table1.tex`` (the paper's CelebA
   comparison), and ``table2.*`` (its CIFAR-10 FID comparison, same form), each
-  with our profile's numbers and the paper's labelled as such;
-* ``metrics.json``: flat means over seeds, e.g. ``{"fid/vae/normal": 86.7}``,
-  for ``dvc metrics show``;
-* ``README.md``: the Markdown table, then each run's figures.
+  with our profile's numbers, their paired differences from N(0,I) and the
+  paper's numbers labelled as such; for ``shapes`` the shapes-native metrics
+  lead (see ``pipeline.tables``);
+* ``table3.*`` and ``induced.*`` when ``conditional`` / ``induced`` results
+  are given;
+* the metrics file (``metrics_path``, by default ``metrics.json``): flat means
+  over seeds, e.g. ``{"fid/vae/normal": 86.7}``, for ``dvc metrics show``;
+* ``README.md``: every table's Markdown, then each run's figures.
 
 Figures are not copied. The page links them where evaluation wrote them,
 ``<run dir>/figures/*.png``, by paths relative to ``out_dir``. The page
@@ -28,13 +33,14 @@ directory (e.g. ``reports/cifar10``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from urllib.parse import quote
 
 from pipeline.tables import (
-    MODEL_LABELS, PAPER_TABLE1, PAPER_TABLE2, PRIOR_COLUMNS, TABLE1_ROWS, TABLE2_ROWS, ReportError,
-    build_table, column_of, summary_metrics, to_csv, to_latex, to_markdown,
+    REAL_COLUMN, MODEL_LABELS, PAPER_TABLE1, PAPER_TABLE2, PRIOR_COLUMNS, TABLE1_ROWS, TABLE2_ROWS, ReportError, Rendered,
+    build_table, column_of, induced_table, lookup, render_table, summary_metrics, table3,
 )
 from trip.io import atomic_write_text
 
@@ -44,37 +50,51 @@ TABLES = {
     "table1": {"title": "Table 1", "rows": TABLE1_ROWS, "paper": PAPER_TABLE1},
     "table2": {"title": "Table 2", "rows": TABLE2_ROWS, "paper": PAPER_TABLE2},
 }
+EXTRA_TITLES = {"table3": "Table 3: generation with missing conditions", "induced": "Data-induced priors"}
 
 CIFAR10_DATASETS = ("cifar10", "cifar-10")
 
 
 def write_reports(results: list[dict], out_dir: Path, profile_name: str, protocol: dict,
-                  paper: str | None = PAPER_CITATION, table: str | None = None) -> list[Path]:
-    """Write the tables, ``metrics.json`` and ``README.md`` into ``out_dir``; returns the paths written.
+                  paper: str | None = PAPER_CITATION, table: str | None = None,
+                  conditional: list[dict] | None = None, induced: list[dict] | None = None,
+                  metrics_path: Path | None = None, sentences: dict[str, str] | None = None) -> list[Path]:
+    """Write the tables, the metrics file and ``README.md`` into ``out_dir``; returns the paths written.
 
     ``results``: from ``pipeline.tables.collect``. ``protocol``: how our runs
     were made, stated under the table (see ``protocol_notes``). ``paper``: the
     citation that labels the paper's numbers; with None, the paper's rows are
     left out. ``table``: "table1" or "table2" alone; with None, both, the one
-    matching the dataset first (Table 2 for CIFAR-10 runs).
+    matching the dataset first (Table 2 for CIFAR-10 runs). ``conditional``
+    and ``induced``: results of those stages (``pipeline.tables.read_results``);
+    their tables are written when there are any. ``metrics_path``: where the
+    flat metrics go (default ``out_dir/metrics.json``). ``sentences``: the
+    sentence written first under a table ({"table1": ...}), instead of the one
+    generated from its paired differences.
     """
     out_dir = Path(out_dir)
     if table is not None and table not in TABLES:
         raise ReportError(f"table: {table!r} is not one of {', '.join(TABLES)}")
     names = [table] if table else sorted(TABLES, key=lambda t: t != infer_table(results, protocol))
     out_dir.mkdir(parents=True, exist_ok=True)
-    contents, markdowns = {}, {}
+    rendered: dict[str, Rendered] = {}
     for name in names:
         spec = TABLES[name]
         built = build_table(results, spec["rows"], spec["paper"] if paper else None)
-        caption = table_caption(name, _dataset(results, protocol), profile_name)
-        notes = protocol_notes(protocol, results, name, paper)
-        markdowns[name] = to_markdown(built, caption, notes)
-        contents.update({f"{name}.md": markdowns[name], f"{name}.csv": to_csv(built),
-                         f"{name}.tex": to_latex(built, caption, notes)})
-    contents["metrics.json"] = json.dumps(summary_metrics(results), indent=2) + "\n"
-    contents["README.md"] = index_page(results, out_dir, profile_name, markdowns)
-    return [atomic_write_text(out_dir / name, text) for name, text in contents.items()]
+        caption = table_caption(name, _dataset(results, protocol), profile_name, built.real_column)
+        notes = protocol_notes(protocol, results, name, paper, built.real_column)
+        rendered[name] = render_table(built, caption, notes, (sentences or {}).get(name))
+    if conditional:
+        rendered["table3"] = table3(conditional, profile_name)
+    if induced:
+        rendered["induced"] = induced_table(induced, profile_name)
+    written = [path for name, r in rendered.items() for path in r.write(out_dir, name)]
+    metrics_path = Path(metrics_path) if metrics_path else out_dir / "metrics.json"
+    metrics = {**summary_metrics(results), **extra_metrics(conditional or [], induced or [])}
+    written.append(atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n"))
+    page = index_page(results, out_dir, profile_name, rendered, metrics_path,
+                      {"table3": conditional or [], "induced": induced or []})
+    return written + [atomic_write_text(out_dir / "README.md", page)]
 
 
 def infer_table(results: list[dict], protocol: dict) -> str:
@@ -89,40 +109,57 @@ def _dataset(results: list[dict], protocol: dict) -> str:
 
 
 # -- caption and protocol --------------------------------------------------------------
-def table_caption(table: str, dataset: str, profile_name: str) -> str:
+def table_caption(table: str, dataset: str, profile_name: str, domain: bool = False) -> str:
     if table == "table1":
         what = ("FID (lower is better) of VAE, WGAN and WGAN-GP; test ELBO and IWAE ELBO "
                 "(higher is better, nats per image) of the VAE")
     else:
         what = f"FID (lower is better) of GAN- and VAE-based models on {dataset}"
+    if domain:
+        what = (f"{dataset}-native metrics first (FD, KID, precision, recall in the attribute classifier's "
+                "features; coverage of the attribute combinations), with a disjoint real set as the floor; "
+                "then Inception " + what)
     return (f"{TABLES[table]['title']} (profile {profile_name}): {what}; PAG (lower is better) of WGAN "
             f"and WGAN-GP, rows of ours only (the paper reports no PAG). Columns: the prior of the latent codes.")
 
 
-def protocol_notes(protocol: dict, results: list[dict], table: str, paper: str | None) -> list[str]:
+def protocol_notes(protocol: dict, results: list[dict], table: str, paper: str | None,
+                   domain: bool = False) -> list[str]:
     """Sentences stating our protocol, and how the paper's rows compare.
 
     Known ``protocol`` keys: dataset, image_size, steps ({model: steps} or one
     number), batch_size, seeds, fid_samples, fid_reference, fid_split,
-    iwae_k, test_examples, reversal_examples. Facts that evaluation recorded
-    (sample counts, split, k, seeds) are taken from the results when the
-    caller does not give them. Other keys are listed as they are.
+    iwae_k, test_examples, reversal_examples, domain_samples, domain_real,
+    mode_samples, modes_total, convergence_rule. Facts that evaluation
+    recorded (sample counts, split, k, seeds, the convergence rule) are taken
+    from the results when the caller does not give them. Other keys are
+    listed as they are.
     """
     facts = {**_observed(results), **{k: v for k, v in protocol.items() if v is not None}}
     get = facts.get
     notes = [_training_note(facts)]
+    if domain:
+        notes.append(f"Native rows: {_fmt(get('domain_samples'))} generated samples against "
+                     f"{_fmt(get('domain_real'))} held-out real images, in the feature space of the attribute "
+                     "classifier (FD: Fréchet distance; KID: kernel inception distance, unbiased; precision and "
+                     "recall: k-NN manifolds, Kynkäänniemi et al. 2019). Modes: the "
+                     f"{_fmt(get('modes_total'))} attribute combinations read off {_fmt(get('mode_samples'))} "
+                     "samples by the same classifier: how many receive a sample, KL(p_data ‖ p_model) and total "
+                     f"variation against the exact data distribution. Column '{REAL_COLUMN}': the same metrics of a "
+                     "disjoint real set, the floor.")
+    if get("convergence_rule") is not None:
+        notes.append(f"Convergence rule: {_fmt(get('convergence_rule'))}.")
     if get("fid_samples") is not None:
-        notes.append(f"FID: {_fmt(get('fid_samples'))} generated samples against {_fmt(get('fid_reference'))} "
-                     f"reference images of the {_fmt(get('fid_split'))} split (pytorch-fid's Inception).")
+        notes.append(f"{'Inception ' if domain else ''}FID: {_fmt(get('fid_samples'))} generated samples against "
+                     f"{_fmt(get('fid_reference'))} reference images of the {_fmt(get('fid_split'))} split "
+                     "(pytorch-fid's Inception).")
     if table == "table1" and get("iwae_k") is not None:
         notes.append(f"ELBO and IWAE ELBO (k={_fmt(get('iwae_k'))}): nats per image, mean over "
                      f"{_fmt(get('test_examples'))} test images.")
     if get("reversal_examples") is not None:
         notes.append(f"PAG: from generator reversal of {_fmt(get('reversal_examples'))} training images; "
                      f"lower means the reversed codes sit closer to N(0, I).")
-    known = {"dataset", "image_size", "steps", "batch_size", "seeds", "fid_samples", "fid_reference",
-             "fid_split", "iwae_k", "test_examples", "reversal_examples"}
-    notes += [f"{key}: {_fmt(value)}." for key, value in protocol.items() if key not in known]
+    notes += [f"{key}: {_fmt(value)}." for key, value in protocol.items() if key not in KNOWN_PROTOCOL]
     if paper:
         notes.append(_paper_note(TABLES[table]["paper"], paper, _fmt(get("dataset"))))
     return notes
@@ -161,26 +198,25 @@ OBSERVED = {
     "iwae_k": "likelihood.iwae_k",
     "test_examples": "likelihood.n_examples",
     "reversal_examples": "reversal.n_examples",
+    "domain_samples": "domain.n_samples",
+    "domain_real": "domain.n_real",
+    "mode_samples": "domain.n_modes_samples",
+    "modes_total": "domain.modes_total",
+    "convergence_rule": "training.rule",
     "seeds": "run.seed",
     "dataset": "run.dataset",
 }
+KNOWN_PROTOCOL = {"image_size", "steps", "batch_size", *OBSERVED}
 
 
 def _observed(results: list[dict]) -> dict:
     """{protocol key: sorted distinct values found in the results}."""
     seen = {}
     for key, path in OBSERVED.items():
-        values = {_lookup(r, path) for r in results} - {None}
+        values = {v for v in (lookup(r, path) for r in results) if isinstance(v, (str, int, float))}
         if values:
             seen[key] = sorted(values, key=str)
     return seen
-
-
-def _lookup(result: dict, path: str):
-    section, key = path.split(".")
-    part = result.get(section)
-    value = part.get(key) if isinstance(part, dict) else None
-    return value if isinstance(value, (str, int, float)) else None
 
 
 def _fmt(value) -> str:
@@ -191,19 +227,55 @@ def _fmt(value) -> str:
     return "?" if value is None else str(value)
 
 
+# -- Table 3 and induced priors: metrics and figures -------------------------------------------
+def extra_metrics(conditional: list[dict], induced: list[dict]) -> dict:
+    """Flat numbers for ``dvc metrics``: Table 3 per method, hidden fraction and seed; induced per kind."""
+    out = {}
+    for r in conditional:
+        key = f"{lookup(r, 'run.method')}/miss{(lookup(r, 'run.missing') or 0) * 100:g}/s{lookup(r, 'run.seed')}"
+        out[f"violation_any/{key}"] = lookup(r, "summary.violation_any")
+        out[f"free_entropy/{key}"] = lookup(r, "summary.diversity_mean")
+    for r in induced:
+        out[f"induced_pag_after/{r.get('kind')}"] = lookup(r, "after.pag")
+        out[f"induced_fid_after/{r.get('kind')}"] = lookup(r, "after.fid.value")
+    return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def extra_figures(name: str, results: list[dict], out_dir: Path) -> list[str]:
+    """One linked image per result: the conditional sample grid, or the induced prior's samples."""
+    lines = []
+    for r in results:
+        if name == "table3":
+            figure = "cond_samples.png"
+            title = (f"{lookup(r, 'run.method')}, {(lookup(r, 'run.missing') or 0):.0%} hidden, "
+                     f"seed {lookup(r, 'run.seed')}")
+        else:
+            figure, title = lookup(r, "files.samples"), f"continued with {r.get('kind')}"
+        target = Path(r["eval_path"]).parent / figure if figure else None
+        if target is not None and target.is_file():
+            lines.append(f"![{title}]({quote(Path(os.path.relpath(target, out_dir)).as_posix())})")
+    return lines
+
+
 # -- the index page --------------------------------------------------------------------
-def index_page(results: list[dict], out_dir: Path, profile_name: str, markdowns: dict[str, str]) -> str:
-    """The page: each table's Markdown (keyed "table1", "table2"), then every run's figures."""
-    names = [f"{t}.{ext}" for t in markdowns for ext in ("md", "csv", "tex")] + ["metrics.json"]
-    files = ", ".join(f"[{name}]({name})" for name in names)
+def index_page(results: list[dict], out_dir: Path, profile_name: str, rendered: dict[str, Rendered],
+               metrics_path: Path | None = None, extra: dict[str, list[dict]] | None = None) -> str:
+    """The page: each table's Markdown, Tables 1 and 2's run figures, then Table 3's and induced figures."""
+    metrics_path = Path(metrics_path) if metrics_path else Path(out_dir) / "metrics.json"
+    links = [(f"{t}.{ext}", f"{t}.{ext}") for t in rendered for ext in ("md", "csv", "tex")]
+    links.append((metrics_path.name, Path(os.path.relpath(metrics_path, out_dir)).as_posix()))
+    files = ", ".join(f"[{name}]({quote(target)})" for name, target in links)
     lines = [f"# Reports: profile {profile_name}", "", f"From {len(results)} evaluated runs. Files: {files}.", ""]
-    for table, markdown in markdowns.items():
-        lines += [f"## {TABLES[table]['title']}", "", markdown.rstrip(), ""]
+    for name in (n for n in rendered if n in TABLES):
+        lines += [f"## {TABLES[name]['title']}", "", rendered[name].markdown().rstrip(), ""]
     lines += ["## Figures", "", "Written by `trip.evaluate` beside each run's eval.json; linked, not copied.", ""]
     for model in _models_in_order(results):
         lines += [f"### {MODEL_LABELS.get(model, model)}", "", *figure_table(results, model, out_dir), ""]
     if not results:
         lines += ["No evaluated runs.", ""]
+    for name in (n for n in rendered if n not in TABLES):
+        lines += [f"## {EXTRA_TITLES.get(name, name)}", "", rendered[name].markdown().rstrip(), "",
+                  *extra_figures(name, (extra or {}).get(name, []), out_dir), ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,6 @@ compares like with like).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+import pandas as pd
 import ray
 from optuna.trial import FrozenTrial, TrialState
 
@@ -318,50 +318,44 @@ def _advance(study: optuna.Study, state: _Running, ref: ray.ObjectRef, outcome: 
 
 
 # -- the report ------------------------------------------------------------------------
-def trial_rows(study: optuna.Study) -> list[dict]:
-    """One row per trial: number, state, N, m, latent size, value, step at which it was pruned."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        pruned_at = max(t.intermediate_values) if t.state == TrialState.PRUNED and t.intermediate_values else None
-        rows.append({"number": t.number, "state": t.state.name, "n_components": t.params.get("n_components"),
-                     "core_size": t.params.get("core_size"), "latent_dim": t.params.get("latent_dim"),
-                     "value": t.value, "pruned_at_step": pruned_at})
-    return rows
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """``study.trials_dataframe()`` as the report's columns: number, state, N, m, latent size, value, pruned at."""
+    frame = study.trials_dataframe(attrs=("number", "state", "params", "value"))
+    frame = frame.rename(columns=lambda c: c.removeprefix("params_")).reindex(columns=list(REPORT_COLUMNS))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    frame["pruned_at_step"] = frame["number"].map({t.number: max(t.intermediate_values)
+                                                   for t in pruned if t.intermediate_values})
+    integers = ["number", "n_components", "core_size", "latent_dim", "pruned_at_step"]
+    return frame.astype({c: "Int64" for c in integers} | {"value": float})
 
 
 def write_tuning_report(study: optuna.Study, out_dir: str | Path, objective: Objective) -> list[Path]:
     """best.json, trials.csv, trials.md and Optuna's plots in ``out_dir``; returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(study)
+    trials = trials_frame(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = {"study": study.study_name, "direction": objective.direction, "objective": objective.name,
-            "n_trials": len(rows), "n_complete": len(complete)}
+            "n_trials": len(trials), "n_complete": len(complete)}
     if complete:
         best.update(best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number)
     written = [out_dir / "best.json", out_dir / "trials.csv", out_dir / "trials.md"]
     written[0].write_text(json.dumps(best, indent=2) + "\n")
-    with open(written[1], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    trials.to_csv(written[1], index=False, lineterminator="\n")
     plots, notes = _plots(study, out_dir, complete)
-    written[2].write_text(_markdown(study, best, rows, notes))
+    written[2].write_text(_markdown(study, best, trials, notes))
     return written + plots
 
 
-def _markdown(study: optuna.Study, best: dict, rows: list[dict], notes: list[str]) -> str:
+def _markdown(study: optuna.Study, best: dict, trials: pd.DataFrame, notes: list[str]) -> str:
     lines = [f"# Tuning: {study.study_name}", ""]
     if "best_value" in best:
         lines += [f"Best {best['objective']} {best['best_value']:.3f} (trial {best['best_trial']}, "
                   f"{best['direction']}d): {best['best_params']}", ""]
     else:
         lines += ["No trial has completed yet.", ""]
-    lines += ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
-    for row in rows:
-        cells = ["" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                 for c in REPORT_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    shown = trials.astype(object).where(trials.notna(), None)  # tabulate prints None as missingval
+    lines.append(shown.to_markdown(index=False, floatfmt=".3f", missingval=""))
     return "\n".join(lines + [""] + [f"Note: {n}" for n in notes]) + "\n"
 
 

@@ -68,7 +68,7 @@ def conditional_jobs(grid: Grid) -> tuple[Job, dict[str, Job], dict[str, Job]] |
     root = PROJECT_ROOT / grid.params.run_root / "conditional"
     classifier = classifier_dir(grid.profile, root)
     trains, evals = {}, {}
-    for method, missing, seed in conditional_runs(grid.profile, grid.params.seeds):
+    for method, missing, seed in conditional_runs(grid.profile, grid.params.secondary_seeds):
         cfg = resolve_conditional(grid.profile, method, missing, seed, root, [str(o) for o in grid.params.overrides])
         cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
         label = run_name(method, missing, seed)

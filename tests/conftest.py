@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+
 import pytest
 import torch
 
@@ -12,6 +15,31 @@ PRIOR_VARIANTS = {
     "trip_fixed": {"name": "trip", "learnable": False},
     "trip_learnable": {"name": "trip", "learnable": True},
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_auth_token_inside_the_test_session(tmp_path_factory):
+    """Keep Ray's auth token out of the home directory for the whole suite.
+
+    Ray 2.60 turns token authentication on for any new local cluster and, if no
+    token can be found, a plain ``ray.init()`` (e.g. the module-wide Ray of
+    ``tests/pipeline/test_pipeline_tracking.py``) writes a fresh one to
+    ``~/.ray/auth_token`` (``generate_and_save_token``, always under
+    ``Path.home()``). A token file made here and named by ``RAY_AUTH_TOKEN_PATH``
+    is found first, so nothing is written there. ``ray_session`` treats the
+    variable as the user's own setting and uses it; tests of its own token
+    (and of HOME staying empty) remove the variable from their subprocess's
+    environment. A variable the user already set is left alone.
+    """
+    if any(var in os.environ for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        yield
+        return
+    path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+        yield
 
 
 def _tiny_profile(root) -> dict:

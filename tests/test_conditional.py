@@ -42,8 +42,10 @@ def _conditional(profile: dict) -> dict:
 
 # -- the config ------------------------------------------------------------------------
 def test_default_config_hash_is_unchanged_by_the_labels_section():
-    assert config_hash(RunConfig()) == "5bbae6dcef654194"  # the value before conditional models existed
-    assert config_hash(load_config({"labels": {"missing": 0.9}})) == "5bbae6dcef654194"
+    # Pinned: the re-fit keys counted in steps and train.prior_betas (issue 11) moved it from 5bbae6dcef654194;
+    # the labels section of a conditional model must still leave it alone.
+    assert config_hash(RunConfig()) == "aca5af9d40be4264"
+    assert config_hash(load_config({"labels": {"missing": 0.9}})) == "aca5af9d40be4264"
     assert "labels" not in to_dict(RunConfig())
 
 

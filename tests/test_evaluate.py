@@ -14,8 +14,10 @@ from trip.train import run
 
 def _eval_settings(tmp_path) -> EvalConfig:
     return EvalConfig(fid_samples=32, fid_stats_dir=str(tmp_path / "fid_stats"), likelihood_examples=12, iwae_k=10,
-                      reversal_examples=8, reversal_steps=5, disagreement_prior_samples=40, disagreement_count=4,
-                      hop_trajectories=2, hop_steps=3, hop_dims=2)
+                      reversal_examples=32, reversal_steps=5, disagreement_prior_samples=40, disagreement_count=4,
+                      hop_trajectories=2, hop_steps=3, hop_dims=2, domain_samples=16, domain_real=16,
+                      mode_samples=32, kid_subsets=3, kid_subset_size=8, domain_classifier_steps=5,
+                      domain_batch_size=16, domain_cache_dir=str(tmp_path / "domain"))
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_gan_run_gets_pag_reversal_and_disagreement(trained, tmp_path, stub_feat
     run_dir = trained("wgan_gp", "gmm_fixed")
     out = evaluate(run_dir, _eval_settings(tmp_path), "cpu", progress=False, fid_model=stub_features)
     rv = out["reversal"]
-    assert rv["pag"] >= 0 and len(rv["reversal_curve"]) == 6 and rv["n_examples"] == 8
+    assert rv["pag"] >= 0 and len(rv["reversal_curve"]) == 6 and rv["n_examples"] == 32
     assert rv["reversal_curve"][-1] <= rv["reversal_curve"][0]
     for name in ("disagreement", "reversal_curve", "prior_density", "mode_hopping"):
         assert (tmp_path / f"runs/tiny/wgan_gp-gmm_fixed-s0/figures/{name}.png").exists()

@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 # Models trained on (image, attributes) pairs, and the prior each one is built for.
 CONDITIONAL_MODELS = {"vae_trip_cond": "trip", "cvae": "normal"}
+GAN_MODELS = ("wgan", "wgan_gp")  # the rest are VAEs
 
 
 @dataclass
@@ -53,12 +54,16 @@ class PriorConfig:
     n_components: int = 10  # N per dimension (TRIP) or K in total (GMM)
     core_size: int = 20  # TRIP core size m
     mean_range: list = field(default_factory=lambda: [-1.0, 1.0])
-    init_std: float | None = None  # default: half the spacing of N means on mean_range (1/N on [-1, 1])
+    # null: the prior's own default. TRIP: half the spacing of N means on mean_range (1/N on [-1, 1],
+    # paper Sec. 3.2); GMM: exp(-1/2), the paper's code's log-variance -1 (trip.priors.gmm.GMM_INIT_STD).
+    init_std: float | None = None
     core_init_std: float = 0.5
-    # VAE-TRIP re-initialisation from encoder codes (paper, Sec. 3.1): at the start,
-    # after epoch `reinit_first`, then every `reinit_every` epochs (0 disables).
-    reinit_first: int = 1
-    reinit_every: int = 5
+    # VAE-TRIP re-fit from encoder codes (paper Sec. 3.1; VAEs with a learnable TRIP prior only),
+    # counted in optimiser steps done: at step 0, at `reinit_first_step`, then every
+    # `reinit_every_steps` (0: no repeats). The defaults are the paper's code's (train_vaes.py):
+    # before its 10k-iteration blocks 1 and 6 of 8, i.e. at 0, 10,000 and 60,000 of 80,000 steps.
+    reinit_first_step: int = 10000
+    reinit_every_steps: int = 50000
     reinit_codes: int = 10000  # training images encoded for each re-initialisation
 
 
@@ -70,12 +75,19 @@ class TrainConfig:
     prior_lr: float | None = None  # defaults to lr
     optimizer: str = "adam"  # adam | rmsprop
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    # A learnable prior's own Adam with these betas (the paper's code: Adam(prior, lp_lr), default
+    # betas); null: the prior is a parameter group of the networks' optimiser (optimizer, betas).
+    prior_betas: list | None = None
     n_critic: int = 5
     clip: float = 0.01  # WGAN weight clipping
     gp_weight: float = 10.0  # WGAN-GP gamma
     log_every: int = 50
     checkpoint_every: int = 500
     sample_count: int = 64
+    # Convergence tracking: the domain FD (trip.metrics.domain) of fd_samples images from a fixed
+    # seed, every fd_every steps and at half and all of the steps; 0 disables it. Measurement only.
+    fd_every: int = 0
+    fd_samples: int = 2000
 
 
 @dataclass
@@ -96,14 +108,40 @@ class EvalConfig:
     fid_stats_dir: str = "data/fid_stats"
     likelihood_examples: int = 1000  # test images for ELBO and IWAE (VAE)
     iwae_k: int = 100
-    reversal_examples: int = 256  # training images reversed into codes (GAN)
+    reversal_examples: int = 1024  # training images reversed into codes (GAN); PAG needs >= 8 d of them
     reversal_steps: int = 200
+    reversal_lr: float | None = None  # Adam's step on the codes; None: trip.metrics.reversal's default (0.1)
     disagreement_prior_samples: int = 2000
     disagreement_count: int = 16
     hop_trajectories: int = 6
     hop_steps: int = 8
     hop_dims: int = 5
     seed: int = 0
+    # Dataset-native metrics (trip.metrics.domain) in the feature space of the attribute classifier:
+    # Frechet distance, KID and precision/recall of domain_samples generated images against the first
+    # domain_real test images (the floor: the next domain_real test images), and mode coverage, KL and TV
+    # over the exact attribute joint of mode_samples generated (and test) images where the dataset has one.
+    domain_samples: int = 5000
+    domain_real: int = 5000
+    mode_samples: int = 10000
+    kid_subsets: int = 50
+    kid_subset_size: int = 1000
+    pr_k: int = 3  # neighbours that define the precision/recall manifolds
+    domain_classifier_steps: int = 2000  # training steps of the feature/attribute network
+    domain_batch_size: int = 500
+    domain_cache_dir: str = "data/domain"  # the network and reference features, keyed by the data config
+
+    def __post_init__(self) -> None:
+        for name in ("domain_samples", "domain_real", "mode_samples", "kid_subsets", "kid_subset_size", "pr_k",
+                     "domain_classifier_steps", "domain_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"eval.{name}: must be an integer >= 1, got {value!r}")
+        if self.kid_subset_size < 2:
+            raise ConfigError(f"eval.kid_subset_size: must be >= 2, got {self.kid_subset_size}")
+        if self.pr_k >= min(self.domain_samples, self.domain_real):
+            raise ConfigError(f"eval.pr_k: must be below eval.domain_samples ({self.domain_samples}) and "
+                              f"eval.domain_real ({self.domain_real}), got {self.pr_k}")
 
 
 @dataclass
@@ -220,6 +258,7 @@ def validate(cfg: RunConfig) -> None:
         if name not in registry:
             raise ConfigError(f"{key}: unknown name {name!r}; known: {', '.join(registry.names())}")
     _check_loader_options(DATASETS.get(cfg.data.name), cfg.data.options)
+    _check_known_sizes(cfg)
     try:
         check_image_size(cfg.model.arch, cfg.data.image_size)
     except ValueError as err:
@@ -230,7 +269,7 @@ def validate(cfg: RunConfig) -> None:
     _positive(cfg, ["eval.fid_samples", "eval.fid_batch_size", "eval.likelihood_examples", "eval.iwae_k"])
     _positive(cfg, ["eval.reversal_examples", "eval.reversal_steps", "eval.disagreement_prior_samples"])
     _positive(cfg, ["eval.disagreement_count", "eval.hop_trajectories", "eval.hop_steps", "eval.hop_dims"])
-    if cfg.model.name in ("wgan", "wgan_gp") and cfg.eval.reversal_examples < cfg.model.latent_dim:
+    if cfg.model.name in GAN_MODELS and cfg.eval.reversal_examples < cfg.model.latent_dim:
         raise ConfigError(
             f"eval.reversal_examples: {cfg.eval.reversal_examples} codes give a singular code matrix "
             f"in {cfg.model.latent_dim} dimensions (PAG = inf); use at least model.latent_dim"
@@ -249,12 +288,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.prior_lr: must be > 0, got {cfg.train.prior_lr}")
     if cfg.train.optimizer not in ("adam", "rmsprop"):
         raise ConfigError(f"train.optimizer: must be adam or rmsprop, got {cfg.train.optimizer!r}")
-    if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
-        raise ConfigError(f"train.betas: must be two numbers in [0, 1), got {cfg.train.betas}")
+    for key, betas in (("train.betas", cfg.train.betas), ("train.prior_betas", cfg.train.prior_betas)):
+        if betas is not None and not _are_betas(betas):
+            raise ConfigError(f"{key}: must be two numbers in [0, 1), got {betas}")
     if not cfg.train.clip > 0:
         raise ConfigError(f"train.clip: must be > 0, got {cfg.train.clip}")
-    if cfg.prior.reinit_first < 0 or cfg.prior.reinit_every < 0:
-        raise ConfigError("prior.reinit_first / prior.reinit_every: must be >= 0")
+    for key in ("reinit_first_step", "reinit_every_steps"):
+        if getattr(cfg.prior, key) < 0:
+            raise ConfigError(f"prior.{key}: must be >= 0 (optimiser steps), got {getattr(cfg.prior, key)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     low, high = cfg.prior.mean_range if len(cfg.prior.mean_range) == 2 else (1, 0)
@@ -296,6 +337,37 @@ def _positive(cfg: RunConfig, keys: list[str]) -> None:
             raise ConfigError(f"{key}: must be > 0, got {value}")
 
 
+def _are_betas(betas) -> bool:
+    return len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def known_split_sizes(data: DataConfig) -> tuple[int, int] | None:
+    """(train, test) image counts of the configured dataset, from its loader module's ``split_sizes``
+    (known constants, no data read); None where the loader declares none. Bad option values raise
+    ``ConfigError`` naming ``data.options.<option>``."""
+    from trip.data import DATASETS
+
+    sizes = getattr(inspect.getmodule(DATASETS.get(data.name)), "split_sizes", None)
+    if sizes is None:
+        return None
+    try:
+        return sizes(**data.options)
+    except ValueError as err:
+        raise ConfigError(f"data.options.{err}") from None
+
+
+def _check_known_sizes(cfg: RunConfig) -> None:
+    """Loader option values and the batch size against the dataset's known size, before any data is read."""
+    sizes = known_split_sizes(cfg.data)
+    if sizes is not None and cfg.train.batch_size > sizes[0]:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {sizes[0]} training images")
+
+
 def _check_loader_options(loader, options: dict) -> None:
     accepted = inspect.signature(loader).parameters
     for name in options:
@@ -319,7 +391,8 @@ def config_hash(cfg: RunConfig) -> str:
     content = to_dict(cfg)
     for key in ("run_dir", "device", "eval"):
         content.pop(key)
-    for key in ("log_every", "checkpoint_every"):  # resumes are exact, so these change nothing
+    # Resumes are exact and the FD probe draws from a forked RNG, so these change nothing.
+    for key in ("log_every", "checkpoint_every", "fd_every", "fd_samples"):
         content["train"].pop(key)
     content["data"].pop("prepared_root")  # a cache location, not an input
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]

@@ -32,6 +32,7 @@ from trip.config import ConfigError, EvalConfig, RunConfig, load_config
 from trip.data import Split, to_float
 from trip.io import atomic_write_text
 from trip.metrics import fid as fidlib
+from trip.metrics.reversal import REVERSAL_VERSION
 from trip.models import VAE
 from trip.train import is_complete, load_data, load_run, resolve_device
 
@@ -41,9 +42,16 @@ log = logging.getLogger("trip.evaluate")
 PART_KEYS = {
     "fid": ("fid_samples", "fid_split", "fid_batch_size", "seed"),
     "likelihood": ("likelihood_examples", "iwae_k", "seed"),
-    "reversal": ("reversal_examples", "reversal_steps", "disagreement_prior_samples", "disagreement_count", "seed"),
+    "reversal": ("reversal_examples", "reversal_steps", "reversal_lr", "disagreement_prior_samples",
+                 "disagreement_count", "seed"),
     "figures": ("hop_trajectories", "hop_steps", "hop_dims", "seed"),
+    "domain": ("domain_samples", "domain_real", "mode_samples", "kid_subsets", "kid_subset_size", "pr_k",
+               "domain_classifier_steps", "domain_batch_size", "seed"),
 }
+
+
+# A part's results are recomputed when its method changes, not only its inputs.
+PART_VERSIONS = {"reversal": REVERSAL_VERSION}
 
 
 def digest(*parts) -> str:
@@ -96,7 +104,10 @@ def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, c
 
 
 def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
-    """Test-set ELBO and IWAE(k) in nats per image, mean and standard error over images."""
+    """Test-set ELBO and IWAE(k) in nats per image and in bits per dimension (``*_bpd``, over ``dims``
+    = C*H*W values), mean and standard error over images."""
+    from trip.models.vae import bits_per_dim
+
     images = torch.from_numpy(np.ascontiguousarray(test.images[: ev.likelihood_examples]))
     torch.manual_seed(ev.seed)
     elbo, iwae = [], []
@@ -106,12 +117,18 @@ def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalCo
             x = to_float(chunk).to(ctx["device"])
             elbo.append(model.elbo(x).double().cpu())
             iwae.append(model.iwae(x, k=ev.iwae_k).double().cpu())
-    out = {"n_examples": images.shape[0], "iwae_k": ev.iwae_k}
-    for name, values in (("elbo", torch.cat(elbo)), ("iwae", torch.cat(iwae))):
+    dims = images[0].numel()
+    out = {"n_examples": images.shape[0], "iwae_k": ev.iwae_k, "dims": dims}
+    elbo, iwae = torch.cat(elbo), torch.cat(iwae)
+    per_image = {"elbo": elbo, "iwae": iwae, "elbo_bpd": bits_per_dim(elbo, dims), "iwae_bpd": bits_per_dim(iwae, dims)}
+    for name, values in per_image.items():
         out[name] = values.mean().item()
         out[name + "_se"] = (values.std() / values.numel() ** 0.5).item() if values.numel() > 1 else float("nan")
-    log.info("%s: ELBO %.2f ± %.2f, IWAE(k=%d) %.2f ± %.2f nats/image (n=%d)", cfg.run_dir, out["elbo"],
-             out["elbo_se"], ev.iwae_k, out["iwae"], out["iwae_se"], out["n_examples"])
+    # Per-image values over the same test images in every run of a profile: the report pairs them.
+    out["elbo_values"], out["iwae_values"] = elbo.tolist(), iwae.tolist()
+    log.info("%s: ELBO %.2f ± %.2f (%.4f bits/dim), IWAE(k=%d) %.2f ± %.2f nats/image (%.4f bits/dim) (n=%d)",
+             cfg.run_dir, out["elbo"], out["elbo_se"], out["elbo_bpd"], ev.iwae_k, out["iwae"], out["iwae_se"],
+             out["iwae_bpd"], out["n_examples"])
     return out
 
 
@@ -121,7 +138,7 @@ def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConf
     images = to_float(torch.from_numpy(np.ascontiguousarray(train.images[: ev.reversal_examples])))
     result = evaluate_reversal(
         model, images.to(ctx["device"]), steps=ev.reversal_steps, n_prior=ev.disagreement_prior_samples,
-        count=ev.disagreement_count, seed=ev.seed,
+        count=ev.disagreement_count, seed=ev.seed, lr=ev.reversal_lr,
     )
     fig_dir = ctx["figure_dir"]
     figures.save_image_grid(result.pop("disagreement_images").cpu(), fig_dir / "disagreement.png")
@@ -147,12 +164,35 @@ def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfi
     return {"files": [str(Path(p).relative_to(ctx["out_dir"])) for p in made]}
 
 
+def domain_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+    """FD, KID, precision/recall and mode coverage in the attribute classifier's features (trip.metrics.domain)."""
+    from trip.metrics.domain import check_test_size, evaluate_domain, load_domain_reference
+
+    check_test_size(cfg.data.name, len(test), ev)  # before the classifier is trained
+    reference = load_domain_reference(cfg.data, ev, test, ctx["device"], ctx["progress"])
+    torch.manual_seed(ev.seed)
+    return evaluate_domain(reference, lambda n: model.sample(n).float(), ev, test, cfg.data, ctx["progress"])
+
+
+def training_summary(run_dir: Path) -> dict:
+    """Steps, wall time and the convergence verdict that training wrote into ``complete.json``."""
+    from trip.train import convergence, read_metrics
+
+    done = json.loads((run_dir / "complete.json").read_text())
+    # Runs trained before convergence tracking existed get it from their metrics (often: unknown).
+    verdict = done.get("convergence") or convergence(read_metrics(run_dir / "metrics.jsonl"), done["steps"])
+    return {**verdict, "wall_seconds": done.get("wall_seconds")}
+
+
 # -- the entry point -------------------------------------------------------------------
-def parts_for(model) -> list[str]:
-    return ["fid", "likelihood", "figures"] if isinstance(model, VAE) else ["fid", "reversal", "figures"]
+def parts_for(model, has_attributes: bool = False) -> list[str]:
+    """The parts of a run's evaluation; ``domain`` needs a dataset with attributes for its classifier."""
+    parts = ["fid", "likelihood", "figures"] if isinstance(model, VAE) else ["fid", "reversal", "figures"]
+    return parts + ["domain"] if has_attributes else parts
 
 
-PARTS = {"fid": fid_part, "likelihood": likelihood_part, "reversal": reversal_part, "figures": figures_part}
+PARTS = {"fid": fid_part, "likelihood": likelihood_part, "reversal": reversal_part, "figures": figures_part,
+         "domain": domain_part}
 
 
 def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "auto",
@@ -184,9 +224,10 @@ def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "a
     checkpoint = file_digest(run_dir / "checkpoint.pt")
     out = {"run": {"model": cfg.model.name, "prior": cfg.prior.name, "learnable": cfg.prior.learnable,
                    "dataset": cfg.data.name, "seed": cfg.seed, "run_dir": str(run_dir)}}
-    for name in parts_for(model):
+    out["training"] = training_summary(run_dir)
+    for name in parts_for(model, train.attributes.shape[1] > 0):
         settings = {k: getattr(ev, k) for k in PART_KEYS[name]}
-        inputs = digest(checkpoint, settings, name, fid_model is not None)
+        inputs = digest(checkpoint, settings, name, fid_model is not None, PART_VERSIONS.get(name))
         if previous.get(name, {}).get("inputs") == inputs:
             out[name] = previous[name]
             log.info("%s: %s unchanged, reused", run_dir, name)
@@ -238,6 +279,10 @@ def summary_line(result: dict) -> str:
         parts.append(f"ELBO {lk['elbo']:.1f}±{lk['elbo_se']:.1f} IWAE(k={lk['iwae_k']}) {lk['iwae']:.1f}±{lk['iwae_se']:.1f} (n={lk['n_examples']})")
     if "reversal" in result:
         parts.append(f"PAG {result['reversal']['pag']:.1f}")
+    if "domain" in result:
+        from trip.metrics.domain import summary
+
+        parts.append(f"domain {summary(result['domain'])}")
     return " | ".join(parts)
 
 

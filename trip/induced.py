@@ -50,7 +50,7 @@ from trip.data import to_float
 from trip.evaluate import batched_samples, digest, file_digest, fid_part
 from trip.figures import save_image_grid
 from trip.io import atomic_write, atomic_write_text
-from trip.metrics.reversal import nearest_distances, pag_score, reverse_generator
+from trip.metrics.reversal import REVERSAL_VERSION, nearest_distances, pag_score, reverse_generator
 from trip.models import MODELS, WassersteinGAN
 from trip.models.gan import gradient_penalty
 from trip.priors import NormalPrior, Prior, TRIPPrior
@@ -105,7 +105,7 @@ class InducedConfig:
     source_prior: str = "normal"  # a prior variant of the profile
     reversal_examples: int = 512  # training images reversed into codes (the paper: 1024)
     reversal_steps: int = 100  # Algorithm 1 steps (the shapes profile's eval.reversal_steps)
-    reversal_lr: float = 0.05  # Appendix E
+    reversal_lr: float = 0.1  # Adam on the codes (trip.metrics.reversal: the paper's plain descent diverges)
     pgan: PGANConfig = field(default_factory=PGANConfig)
     trip: TRIPFitConfig = field(default_factory=TRIPFitConfig)
     continue_steps: int = 100  # GAN steps continued with each prior (0: swap the prior only)
@@ -394,7 +394,7 @@ def cached_reversal(model: WassersteinGAN, images: Tensor, cfg: InducedConfig, o
 
     Returns (reversal, cache path, whether the cache was reused).
     """
-    key = digest(checkpoint, len(images), cfg.reversal_steps, cfg.reversal_lr, cfg.seed)
+    key = digest(checkpoint, len(images), cfg.reversal_steps, cfg.reversal_lr, cfg.seed, REVERSAL_VERSION)
     path = out_dir / f"reversal-{key}.pt"
     if path.exists():
         try:
@@ -555,7 +555,7 @@ def _check_fits_run(cfg: InducedConfig, run_cfg: RunConfig, source: Path) -> Non
 def _before_scores(model, reversal, run_cfg, train, test, cfg, out_dir, checkpoint, dev, fid_model,
                    progress) -> dict:
     """The source GAN's scores, cached beside the reversal (every kind shares them)."""
-    key = digest(checkpoint, cfg.reversal_examples, cfg.reversal_steps, cfg.reversal_lr, cfg.seed,
+    key = digest(checkpoint, cfg.reversal_examples, cfg.reversal_steps, cfg.reversal_lr, cfg.seed, REVERSAL_VERSION,
                   cfg.fid_samples, dataclasses.asdict(run_cfg.eval), fid_model is not None)
     path = out_dir / f"before-{key}.json"
     if path.exists():

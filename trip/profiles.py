@@ -10,6 +10,12 @@ rate and TRIP core size (as in the paper) while the prior variants stay shared::
     models: {vae: {model: {name: vae}}, wgan_gp: {model: {name: wgan_gp}, train: {lr: 1.0e-4}}}
     priors: {normal: {name: normal}, trip_learnable: {name: trip, learnable: true}}
 
+A model section may also adjust a prior variant for that model alone under its
+``priors`` key, merged over the variant, e.g. a GMM with K = d N components for
+each model's latent size d::
+
+    models: {wgan_gp: {model: {latent_dim: 128}, priors: {gmm_fixed: {n_components: 1280}}}}
+
 An optional ``conditional`` section (:class:`ConditionalProfile`) describes the
 paper's generation with missing conditions (Section 4): the conditional methods,
 the fractions of hidden labels, the partial specifications to generate and the
@@ -33,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from trip.config import ConfigError, RunConfig, build_dataclass, load_config, static_attributes
+from trip.config import ConfigError, RunConfig, build_dataclass, is_number, load_config, static_attributes
 
 SECTIONS = ("base", "models", "priors", "name", "conditional", "induced")  # induced: trip.induced.InducedConfig
 
@@ -69,10 +75,22 @@ def read_profile(path: str | Path) -> dict:
     for section in ("models", "priors"):
         if not isinstance(profile.get(section), dict) or not profile[section]:
             raise ConfigError(f"{section}: profile {path} needs a non-empty mapping of {section}")
+    _check_model_prior_variants(profile)
     profile.setdefault("name", path.stem)
     if "conditional" in profile:
         conditional_section(profile)  # fail on a bad section now, not after the first runs
     return profile
+
+
+def _check_model_prior_variants(profile: dict) -> None:
+    for model, section in profile["models"].items():
+        variants = section.get("priors", {}) if isinstance(section, dict) else {}
+        if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+            raise ConfigError(f"models.{model}.priors: needs a mapping of prior variant -> prior overrides")
+        unknown = sorted(set(variants) - set(profile["priors"]))
+        if unknown:
+            raise ConfigError(f"models.{model}.priors.{unknown[0]}: not a prior variant of the profile "
+                              f"(has: {', '.join(profile['priors'])})")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -92,8 +110,9 @@ def resolve(profile: dict, model: str, prior: str, seed: int, run_root: str | Pa
     for key, name in (("models", model), ("priors", prior)):
         if name not in profile[key]:
             raise ConfigError(f"{key}.{name}: not in profile {profile['name']!r} (has: {', '.join(profile[key])})")
-    raw = merge(profile.get("base", {}), profile["models"][model])
-    raw = merge(raw, {"prior": profile["priors"][prior], "seed": seed})
+    section = dict(profile["models"][model])
+    variant = merge(profile["priors"][prior], section.pop("priors", {}).get(prior, {}))
+    raw = merge(merge(profile.get("base", {}), section), {"prior": variant, "seed": seed})
     raw.setdefault("run_dir", str(Path(run_root) / profile["name"] / f"{model}-{prior}-s{seed}"))
     return load_config(raw, overrides)
 
@@ -112,7 +131,7 @@ def conditional_section(profile: dict) -> ConditionalProfile:
     if not section.methods or not all(isinstance(v, dict) for v in section.methods.values()):
         raise ConfigError("conditional.methods: needs a non-empty mapping of method -> run-config overrides")
     levels = section.missing
-    if not levels or not all(_is_number(m) and 0 <= m <= 1 for m in levels) or len(set(levels)) != len(levels):
+    if not levels or not all(is_number(m) and 0 <= m <= 1 for m in levels) or len(set(levels)) != len(levels):
         raise ConfigError(f"conditional.missing: needs distinct fractions in [0, 1], got {levels}")
     c = section.classifier
     positive = {"samples_per_spec": section.samples_per_spec, "classifier.steps": c.steps,
@@ -137,10 +156,6 @@ def _check_specs(section: ConditionalProfile, dataset: str) -> None:
                 raise ConfigError(f"{key}.{name}: not an attribute of the runs (have: {', '.join(known)})")
             if type(value) is not int or value not in (0, 1):
                 raise ConfigError(f"{key}.{name}: must be 0 or 1, got {value!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_name(method: str, missing: float, seed: int) -> str:

@@ -39,7 +39,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from trip.config import ConfigError, RunConfig, config_hash, read_config, to_dict
+from trip.config import GAN_MODELS, ConfigError, RunConfig, config_hash, known_split_sizes, read_config, to_dict
 from trip.data import Split, load_prepared, prepare, to_float
 from trip.io import atomic_write, atomic_write_text
 from trip.models import MODELS, VAE
@@ -144,22 +144,48 @@ def _optimizer(params: list[dict], cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=t.lr, betas=tuple(t.betas))
 
 
-def _groups(main: list, prior, cfg: RunConfig) -> list[dict]:
-    """Parameter groups: the networks at train.lr, a learnable prior at train.prior_lr."""
-    groups = [{"params": main}]
-    prior_params = [p for p in prior.parameters() if p.requires_grad]
-    if prior_params:
-        groups.append({"params": prior_params, "lr": cfg.train.prior_lr or cfg.train.lr})
-    return groups
+class JointOptimizer:
+    """The networks' optimiser and a learnable prior's own, zeroed, stepped and saved as one."""
+
+    def __init__(self, networks: torch.optim.Optimizer, prior: torch.optim.Optimizer):
+        self.networks, self.prior = networks, prior
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.networks.zero_grad(set_to_none=set_to_none)
+        self.prior.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.networks.step()
+        self.prior.step()
+
+    def state_dict(self) -> dict:
+        return {"networks": self.networks.state_dict(), "prior": self.prior.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.networks.load_state_dict(state["networks"])
+        self.prior.load_state_dict(state["prior"])
 
 
-def make_optimizers(model, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+def _optimizer_and_prior(main: list, prior, cfg: RunConfig) -> torch.optim.Optimizer | JointOptimizer:
+    """The optimiser of ``main`` and a learnable prior (at train.prior_lr): the prior is a parameter group
+    of the networks' optimiser, or, with train.prior_betas set, has an Adam of its own (the paper's code)."""
+    t, prior_params = cfg.train, [p for p in prior.parameters() if p.requires_grad]
+    lr = t.prior_lr or t.lr
+    if not prior_params:
+        return _optimizer([{"params": main}], cfg)
+    if t.prior_betas is None:
+        return _optimizer([{"params": main}, {"params": prior_params, "lr": lr}], cfg)
+    own = torch.optim.Adam(prior_params, lr=lr, betas=tuple(t.prior_betas))
+    return JointOptimizer(_optimizer([{"params": main}], cfg), own)
+
+
+def make_optimizers(model, cfg: RunConfig) -> dict:
     if isinstance(model, VAE):
         networks = [p for n, p in model.named_parameters() if not n.startswith("prior.")]
-        return {"model": _optimizer(_groups(networks, model.prior, cfg), cfg)}
+        return {"model": _optimizer_and_prior(networks, model.prior, cfg)}
     return {
         "critic": _optimizer([{"params": list(model.critic.parameters())}], cfg),
-        "generator": _optimizer(_groups(list(model.generator.parameters()), model.prior, cfg), cfg),
+        "generator": _optimizer_and_prior(list(model.generator.parameters()), model.prior, cfg),
     }
 
 
@@ -188,26 +214,45 @@ def gan_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
     return {**stats, **g_stats}
 
 
-def reinit_due(cfg: RunConfig, model, epochs_done: int) -> bool:
-    """Paper's VAE-TRIP schedule: at the start, after epoch `reinit_first`, then every `reinit_every`."""
+def refits_prior(cfg: RunConfig) -> bool:
+    """Whether the run re-fits its prior from encoder codes (paper Sec. 3.1): a VAE with a learnable TRIP."""
+    return cfg.model.name not in GAN_MODELS and cfg.prior.name == "trip" and cfg.prior.learnable
+
+
+def _on_reinit_schedule(cfg: RunConfig, step: int) -> bool:
+    """Step 0, prior.reinit_first_step, then every prior.reinit_every_steps; none at or after train.steps."""
     p = cfg.prior
-    if not (isinstance(model, VAE) and isinstance(model.prior, TRIPPrior) and p.learnable):
+    if step >= cfg.train.steps:
         return False
-    if epochs_done == 0:
+    if step in (0, p.reinit_first_step):
         return True
-    if p.reinit_every == 0 or epochs_done < p.reinit_first:
-        return epochs_done == p.reinit_first and p.reinit_first > 0
-    return (epochs_done - p.reinit_first) % p.reinit_every == 0
+    since_first, every = step - p.reinit_first_step, p.reinit_every_steps
+    return every > 0 and since_first > 0 and since_first % every == 0
 
 
-def reinit_prior(model, opts, train_images: torch.Tensor, cfg: RunConfig, epochs_done: int, device) -> None:
+def reinit_steps(cfg: RunConfig) -> list[int]:
+    """The numbers of optimiser steps done at which the run re-fits its prior; [] if it never does."""
+    if not refits_prior(cfg):
+        return []
+    first, every, end = cfg.prior.reinit_first_step, cfg.prior.reinit_every_steps, cfg.train.steps
+    candidates = {0, first, *range(first, end, every or end)}
+    return sorted(step for step in candidates if _on_reinit_schedule(cfg, step))
+
+
+def reinit_due(cfg: RunConfig, model, step: int) -> bool:
+    """Whether ``model`` (the run's) re-fits its prior once ``step`` optimiser steps are done."""
+    is_vae_trip = isinstance(model, VAE) and isinstance(model.prior, TRIPPrior) and cfg.prior.learnable
+    return is_vae_trip and _on_reinit_schedule(cfg, step)
+
+
+def reinit_prior(model, opts, train_images: torch.Tensor, cfg: RunConfig, step: int, device) -> None:
     """Fit 1-D GMMs to codes z ~ q(z|x) and redraw the cores; forget the prior's optimiser moments.
 
     Codes are posterior samples, not means, as in the paper's code: the prior
     should match the aggregate posterior, which is wider than the spread of means.
     """
     count = min(cfg.prior.reinit_codes, train_images.shape[0])
-    g = torch.Generator().manual_seed(cfg.seed + epochs_done)
+    g = torch.Generator().manual_seed(cfg.seed + step)
     rows = torch.randperm(train_images.shape[0], generator=g)[:count]
     was_training = model.training
     model.eval()
@@ -218,10 +263,58 @@ def reinit_prior(model, opts, train_images: torch.Tensor, cfg: RunConfig, epochs
             noise = torch.randn(mean.shape, generator=g).to(mean)
             codes.append(mean + (0.5 * logvar).exp() * noise)
     model.train(was_training)
-    model.prior.fit_marginals(torch.cat(codes).to(model.prior.device), seed=cfg.seed + epochs_done)
+    model.prior.fit_marginals(torch.cat(codes).to(model.prior.device), seed=cfg.seed + step)
+    opt = opts["model"]
+    moments = opt.prior.state if isinstance(opt, JointOptimizer) else opt.state
     for p in model.prior.parameters():
-        opts["model"].state.pop(p, None)
-    log.info("re-initialised the TRIP prior from %d posterior samples after epoch %d", count, epochs_done)
+        moments.pop(p, None)
+    log.info("re-initialised the TRIP prior from %d posterior samples at step %d", count, step)
+
+
+# -- the plan of a run, without data (--dry-run) ------------------------------------------
+def schedule(cfg: RunConfig) -> dict:
+    """What training does: updates, batches drawn, epochs over the dataset's known size, re-fit steps."""
+    t = cfg.train
+    if cfg.model.name in GAN_MODELS:  # gan_step: n_critic critic updates on a batch each, then the generator
+        critic = t.steps * t.n_critic
+        out = {"generator_updates": t.steps, "critic_updates": critic, "batches": critic}
+    else:
+        out = {"steps": t.steps, "batches": t.steps}
+    sizes = known_split_sizes(cfg.data)
+    per_epoch = None if sizes is None else sizes[0] // t.batch_size  # Batches drops the last partial batch
+    epochs = None if per_epoch is None else round(out["batches"] / per_epoch, 3)
+    out.update(batch_size=t.batch_size, train_images=None if sizes is None else sizes[0],
+               batches_per_epoch=per_epoch, epochs=epochs)
+    return {**out, "reinit_steps": reinit_steps(cfg)}
+
+
+def eval_protocol(cfg: RunConfig) -> dict:
+    """What ``python -m trip.evaluate`` measures for the run (settings: the config's ``eval``), each count
+    resolved against the known split sizes (``*_split_size`` None where the dataset declares none)."""
+    ev = cfg.eval
+    train_n, test_n = known_split_sizes(cfg.data) or (None, None)
+    reference = train_n if ev.fid_split == "train" else test_n
+    fid_n = _at_most(ev.fid_samples, reference)
+    out = {"fid": {"generated": fid_n, "reference_images": fid_n, "reference_split": ev.fid_split,
+                   "reference_split_size": reference}}
+    if cfg.model.name in GAN_MODELS:
+        out["reversal"] = {"codes": _at_most(ev.reversal_examples, train_n), "steps": ev.reversal_steps,
+                           "pag_reference": "N(0, I)", "latent_dim": cfg.model.latent_dim}
+    else:
+        out["likelihood"] = {"test_images": _at_most(ev.likelihood_examples, test_n), "test_split_size": test_n,
+                             "iwae_k": ev.iwae_k, "units": ["nats per image", "bits per dimension"]}
+    return out
+
+
+def _at_most(count: int, available: int | None) -> int:
+    """The configured count, cut to what the split holds where that is known."""
+    return count if available is None else min(count, available)
+
+
+def dry_run(cfg: RunConfig) -> dict:
+    """The resolved config, its hash, the training schedule and the evaluation protocol; reads no data."""
+    return {"config": to_dict(cfg), "config_hash": config_hash(cfg), "schedule": schedule(cfg),
+            "eval": eval_protocol(cfg)}
 
 
 # -- checkpoints -----------------------------------------------------------------------
@@ -349,6 +442,7 @@ def _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_af
     run_dir, images = Path(cfg.run_dir), batches.images
     step_fn = vae_step if isinstance(model, VAE) else gan_step
     state = {"cursor": cursor}
+    probe, probe_steps = make_fd_probe(cfg, device), fd_steps(cfg.train)
 
     def next_batch() -> tuple[torch.Tensor, ...]:
         """The model's inputs: (images,), or (images, attributes, observed) for a conditional model."""
@@ -363,26 +457,28 @@ def _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_af
         reinit_prior(model, opts, images, cfg, 0, device)
     sums: dict[str, float] = {}
     last: dict = {}
+    count = 0
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not (sys.stderr.isatty() if progress is None else progress))
     tick = time.perf_counter()
     model.train()
     while step < cfg.train.steps:
-        epoch_before = state["cursor"] // batches.per_epoch
         for k, v in step_fn(model, opts, next_batch, cfg).items():
             sums[k] = sums.get(k, 0.0) + v
-        step += 1
+        step, count = step + 1, count + 1
         bar.update()
         epochs_done = state["cursor"] // batches.per_epoch
-        if epochs_done > epoch_before and reinit_due(cfg, model, epochs_done):
-            reinit_prior(model, opts, images, cfg, epochs_done, device)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            count = cfg.train.log_every if step % cfg.train.log_every == 0 else step % cfg.train.log_every
+        if reinit_due(cfg, model, step):
+            reinit_prior(model, opts, images, cfg, step, device)
+        probe_due = probe is not None and step in probe_steps
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps or probe_due:
             last = {"step": step, "epoch": epochs_done, **{k: v / count for k, v in sums.items()}}
             last["steps_per_s"] = count / (time.perf_counter() - tick)
+            if probe_due:
+                last["domain_fd"] = probe(model)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(last) + "\n")
             log.info("step %d/%d %s", step, cfg.train.steps, _fmt(last))
-            sums, tick = {}, time.perf_counter()
+            sums, count, tick = {}, 0, time.perf_counter()
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or step == stop_after:
             save_checkpoint(
                 run_dir / "checkpoint.pt", model, opts, step, state["cursor"], config_hash(cfg), images.shape[1],
@@ -393,6 +489,60 @@ def _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_af
             return None
     bar.close()
     return last
+
+
+# -- convergence -----------------------------------------------------------------------
+PLATEAU_RULE = "domain FD improved by less than 10% over the last doubling of steps (FD(T) >= 0.9 FD(T/2))"
+
+
+def fd_steps(t) -> set[int]:
+    """Steps at which the FD probe runs: every ``fd_every``, and at half and all of ``steps``."""
+    if not t.fd_every:
+        return set()
+    return set(range(t.fd_every, t.steps + 1, t.fd_every)) | {t.steps // 2, t.steps}
+
+
+def make_fd_probe(cfg: RunConfig, device):
+    """model -> domain FD of ``train.fd_samples`` samples from a fixed seed; None when ``fd_every`` is 0.
+
+    The samples come from a forked RNG, so probing never changes the training
+    stream and a resumed run stays bit-identical to an uninterrupted one.
+    """
+    if not cfg.train.fd_every:
+        return None
+    from trip.metrics.domain import load_domain_reference
+
+    reference = load_domain_reference(cfg.data, cfg.eval, device=device)
+
+    def probe(model) -> float:
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(0xFD)
+            n, chunk = cfg.train.fd_samples, 500
+            samples = torch.cat([model.sample(min(chunk, n - i)).float() for i in range(0, n, chunk)])
+        model.train(was_training)
+        return reference.fd(samples)
+
+    return probe
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (empty if there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def convergence(records: list[dict], steps: int) -> dict:
+    """Whether a run reached its plateau by :data:`PLATEAU_RULE`, from its logged ``domain_fd`` values."""
+    fd = {r["step"]: r["domain_fd"] for r in records if "domain_fd" in r}
+    half, end = fd.get(steps // 2), fd.get(steps)
+    out = {"rule": PLATEAU_RULE, "steps": steps, "fd_half": half, "fd_end": end, "converged": None}
+    if half is not None and end is not None:
+        out["converged"] = bool(end >= 0.9 * half)
+    return out
 
 
 def _fmt(metrics: dict) -> str:
@@ -406,7 +556,8 @@ def _finish(cfg: RunConfig, model, run_dir: Path, digest: str, final: dict, wall
     with torch.no_grad():
         samples = model.sample(cfg.train.sample_count).float().cpu()
     save_image_grid(samples, run_dir / "samples.png", padding=1)
-    marker = {"config_hash": digest, "steps": cfg.train.steps, "final_metrics": final, "wall_seconds": wall}
+    marker = {"config_hash": digest, "steps": cfg.train.steps, "final_metrics": final, "wall_seconds": wall,
+              "convergence": convergence(read_metrics(run_dir / "metrics.jsonl"), cfg.train.steps)}
     atomic_write_text(run_dir / "complete.json", json.dumps(marker, indent=2))
     log.info("finished %s in %.1fs", run_dir, wall)
 
@@ -431,6 +582,14 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return cfg, model.eval()
 
 
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.profile:
+        from trip.profiles import read_profile, resolve
+
+        return resolve(read_profile(args.profile), args.model, args.prior, args.seed, args.run_root, args.set)
+    return read_config(args.config, args.set)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -441,15 +600,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default="runs", help="run directories go under RUN_ROOT/PROFILE/")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=200")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config, schedule and evaluation protocol as JSON; read no data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        if args.profile:
-            from trip.profiles import read_profile, resolve
-
-            cfg = resolve(read_profile(args.profile), args.model, args.prior, args.seed, args.run_root, args.set)
-        else:
-            cfg = read_config(args.config, args.set)
+        cfg = _config_from_args(args)
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg), indent=2))
+            return
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
     result = run(cfg)

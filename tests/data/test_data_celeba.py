@@ -10,7 +10,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 from trip.data import CorruptDataError, DatasetNotFoundError, load_celeba, load_celeba_split
-from trip.data.celeba import ATTRIBUTES
+from trip.data.celeba import ATTRIBUTES, OFFICIAL_SIZES, crop_and_resize, split_sizes
+from trip.data.common import decode_image
 
 PARTITION = [0, 0, 0, 1, 2, 2]  # three train, one valid, two test
 NAMES = [f"{i:06d}.jpg" for i in range(1, len(PARTITION) + 1)]
@@ -149,3 +150,48 @@ def test_image_that_fails_to_decode_is_named(celeba, damage):
     with pytest.raises(CorruptDataError, match="fails to decode") as info:
         load_celeba(root=celeba)
     assert info.value.path == path
+
+
+# -- the paper's random 90/10 split and the known sizes ---------------------------------
+def test_random_partition_is_the_paper_codes_90_10_permutation(celeba):
+    train, test = load_celeba(root=celeba, partition="random")
+    order = np.random.RandomState(777).permutation(len(NAMES))  # the paper code: np.random.seed(777)
+    cut = round(0.9 * len(NAMES))
+    assert (len(train), len(test)) == (cut, len(NAMES) - cut) == (5, 1)
+    values = (attribute_values() > 0).astype(np.int8)
+    np.testing.assert_array_equal(train.attributes, values[order[:cut]])
+    np.testing.assert_array_equal(test.attributes, values[order[cut:]])
+    for j, row in enumerate(order[:cut]):
+        expected = crop_and_resize(decode_image(celeba / "img_align_celeba" / NAMES[row]), 64)
+        np.testing.assert_array_equal(train.images[j], expected)
+
+
+def test_random_partition_takes_limit_from_the_permuted_order(celeba):
+    full, _ = load_celeba(root=celeba, partition="random", image_size=16)
+    part, test = load_celeba(root=celeba, partition="random", image_size=16, limit=2)
+    np.testing.assert_array_equal(part.images, full.images[:2])
+    assert len(test) == 1
+
+
+def test_split_sizes_are_known_without_files():
+    assert split_sizes() == (162_770, 19_962)
+    assert split_sizes(test_split="valid") == (162_770, 19_867)
+    assert split_sizes(partition="random") == (182_339, 20_260)
+    assert sum(split_sizes(partition="random")) == sum(OFFICIAL_SIZES.values()) == 202_599
+    assert split_sizes(partition="random", limit=1000, root="/nowhere") == (1000, 1000)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"partition": "paper"}, "partition: must be 'official' or 'random'"),
+        ({"partition": "random", "test_split": "valid"}, "test_split: must be 'test' with the random partition"),
+        ({"test_split": "train"}, "test_split: must be 'test' or 'valid'"),
+        ({"limit": 0}, "limit: must be null or an integer >= 1"),
+    ],
+)
+def test_bad_split_options_are_named_before_reading_files(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        split_sizes(**options)
+    with pytest.raises(ValueError, match=message.split(":")[0]):
+        load_celeba(root=tmp_path / "absent", **options)  # the option, not the missing folder

@@ -11,7 +11,7 @@ import torchvision.datasets
 from PIL import Image
 
 from trip.data import CorruptDataError, DatasetNotFoundError, load_cifar10
-from trip.data.cifar10 import CLASSES, META, TEST_BATCH, TRAIN_BATCHES, read_batch
+from trip.data.cifar10 import CLASSES, META, TEST_BATCH, TRAIN_BATCHES, read_batch, split_sizes
 
 PER_BATCH, N_TEST = 4, 6
 
@@ -166,3 +166,11 @@ def test_pickle_with_arbitrary_code_is_refused(tmp_path):
     path.write_bytes(pickle.dumps(Path("x"), protocol=2))  # references pathlib, not a numpy array
     with pytest.raises(CorruptDataError, match="refusing to unpickle pathlib"):
         read_batch(path)
+
+
+def test_split_sizes_are_the_standard_split_without_files(tmp_path):
+    from trip.config import known_split_sizes, load_config
+
+    assert split_sizes() == (50_000, 10_000) == (len(TRAIN_BATCHES) * 10_000, 10_000)
+    cfg = load_config({"data": {"name": "cifar10", "options": {"root": str(tmp_path / "absent")}}})
+    assert known_split_sizes(cfg.data) == (50_000, 10_000)

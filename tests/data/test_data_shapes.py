@@ -179,3 +179,45 @@ def test_outline_is_a_ring_in_the_contrasting_grey():
     assert grey_pixels(plain).max() == 0  # fills are saturated and backgrounds far from the ring grey
     ring, shape = grey_pixels(ringed), foreground(plain * 255).sum(axis=(1, 2))
     assert ring.min() >= 20 and (ring < shape).all()  # a thin ring around the shape
+
+
+# The exact joint distribution of the 512 attribute combinations.
+
+
+def test_attribute_probabilities_sum_to_one_and_give_the_documented_marginals():
+    from trip.data.shapes import attribute_probabilities, combination_index
+
+    p = attribute_probabilities()
+    assert p.shape == (512,) and (p > 0).all() and p.sum() == pytest.approx(1.0, abs=1e-12)
+    bits = (np.arange(512)[:, None] >> np.arange(9)) & 1
+    np.testing.assert_array_equal(combination_index(bits), np.arange(512))
+    marginals = {name: p[bits[:, j] == 1].sum() for j, name in enumerate(ATTRIBUTES)}
+    expected = {"square": 0.5, "large": 0.5, "warm": 0.525, "left": 0.5, "top": 0.5, "outline": 0.45,
+                "dark_background": 0.5, "second_object": 0.30, "striped": 0.40}
+    for name, value in expected.items():
+        assert marginals[name] == pytest.approx(value, abs=1e-12), name
+    # One cell by hand: only `square` set -> 0.5^5 (roots) * P(warm=0|light) * P(outline=0|small)
+    # * P(second=0|small) * P(striped=0|square).
+    assert p[1] == pytest.approx(0.5**5 * 0.70 * 0.80 * 0.55 * 0.40)
+
+
+def test_attribute_probabilities_match_the_generator_frequencies(monkeypatch):
+    from trip.data import shapes
+
+    rng, n, counts = np.random.default_rng(123), 0, np.zeros(512)
+    for _ in range(8):  # 1.6M rows in chunks of 200k
+        attrs = sample_attributes(rng.random((200_000, NUM_UNIFORMS)))
+        counts += np.bincount(shapes.combination_index(attrs), minlength=512)
+        n += len(attrs)
+
+    def z_scores():
+        expected = shapes.attribute_probabilities() * n
+        return (counts - expected) / np.sqrt(expected)
+
+    bound = 511 + 5 * np.sqrt(2 * 511)  # chi-square with 511 degrees of freedom, + 5 sd
+    z = z_scores()
+    assert np.abs(z).max() < 5 and (z**2).sum() < bound  # every cell within 5 standard errors
+    # The check has power, and the function reads the generator's constants: P(warm | dark) = 0.73
+    # instead of 0.75 is detected.
+    monkeypatch.setattr(shapes, "P_WARM_GIVEN_DARK", (0.73, 0.30))
+    assert (z_scores() ** 2).sum() > bound

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from trip.metrics.reversal import (
+    PAG_CODES_PER_DIM,
     disagreement_indices,
     evaluate_reversal,
+    expected_prior_pag,
     nearest_distances,
     pag_score,
     reverse_generator,
@@ -23,17 +26,27 @@ from trip.priors import NormalPrior
 LATENT, SHAPE = 5, (1, 4, 4)  # 16 pixels: an injective map from 5 dimensions
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These small networks run fastest on one thread; two on a busy machine run ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def linear_generator(seed: int = 0) -> nn.Sequential:
-    """G(z) = A z as a (1, 4, 4) image; A's singular values lie in [0.8, 1.2].
+    """G(z) = A z + b as a (1, 4, 4) image; A's singular values lie in [0.8, 1.2].
 
     The Dropout layer would scramble the output in train mode, so a correct
     reversal also shows that the generator ran in eval mode.
     """
     rng = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(16, LATENT, generator=rng))
-    linear = nn.Linear(LATENT, 16, bias=False)
+    linear = nn.Linear(LATENT, 16)
     with torch.no_grad():
         linear.weight.copy_(basis * torch.linspace(0.8, 1.2, LATENT))
+        linear.bias.copy_(0.3 * torch.randn(16, generator=rng))
     return nn.Sequential(linear, nn.Dropout(0.5), nn.Unflatten(1, SHAPE)).train()
 
 
@@ -71,25 +84,95 @@ def truth() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
 def test_reversal_recovers_codes_of_injective_linear_generator(truth):
     generator, codes, images = truth
     rng = torch.Generator().manual_seed(2)
-    result = reverse_generator(generator, images, LATENT, steps=400, generator_rng=rng)
+    result = reverse_generator(generator, images, LATENT, steps=300, generator_rng=rng)
     assert result.codes.shape == (20, LATENT) and result.final_error.shape == (20,)
-    assert result.curve.shape == (401,)
+    assert result.curve.shape == (301,)
+    torch.testing.assert_close(result.codes, codes, atol=1e-3, rtol=0)
+    assert result.final_error.max() < 1e-7
+    assert result.final_error.mean() <= result.curve[-1] * (1 + 1e-6)  # the best codes seen, at most the last
+    assert curve_settles(result.curve)
+
+
+def test_paper_gradient_descent_recovers_linear_codes_when_its_step_is_small(truth):
+    """optimizer="gd" is Algorithm 1 as written; on this A, lr * max eig(A^T A) = 0.05 * 1.44 < 2."""
+    generator, codes, images = truth
+    result = reverse_generator(generator, images, LATENT, steps=400, optimizer="gd",
+                               generator_rng=torch.Generator().manual_seed(2))
     torch.testing.assert_close(result.codes, codes, atol=1e-4, rtol=0)
-    assert result.final_error.max() < 1e-9
-    assert result.curve[-1] == pytest.approx(result.final_error.mean())
-    # lr * largest eigenvalue of A^T A = 0.05 * 1.44 < 2: gradient descent never goes up.
-    assert np.all(np.diff(result.curve) <= 1e-12)
+    assert np.all(np.diff(result.curve) <= 1e-12)  # a stable fixed step never goes up on a quadratic
 
 
 def test_curve_starts_at_error_of_near_zero_init(truth):
+    """Step 0 is the error at the starting codes ~ 0, i.e. of G(0) = b, before any step."""
     generator, _, images = truth
-    at_zero = float(images.pow(2).mean())  # per-pixel MSE of G(0) = 0
+    bias = generator[0].bias.detach().view(1, *SHAPE)
+    at_zero = float((images - bias).pow(2).mean())  # per-pixel MSE of G(0) = b
     exact = reverse_generator(generator, images, LATENT, steps=3, init_std=0.0)
     assert exact.curve[0] == pytest.approx(at_zero, rel=1e-6)
     rng = torch.Generator().manual_seed(0)
     noisy = reverse_generator(generator, images, LATENT, steps=3, generator_rng=rng)
     assert noisy.curve[0] == pytest.approx(at_zero, rel=1e-3)
     assert noisy.curve[1] < noisy.curve[0]
+
+
+# A generator trained in the test: a small MLP fitted to reproduce images from known codes.
+TRAINED_LATENT, TRAINED_SHAPE = 4, (3, 12, 12)  # 432 values per image
+
+
+def curve_settles(curve: np.ndarray, after: int = 5, tolerance: float = 1e-3) -> bool:
+    """After its first ``after`` steps the curve never rises by more than ``tolerance`` x its start."""
+    return bool(np.all(np.diff(curve[after:]) <= tolerance * curve[0]))
+
+
+@pytest.fixture(scope="module")
+def trained_generator() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """(G, codes, images): G(codes) ~ images after 400 Adam steps fitting G to 64 (code, image) pairs.
+
+    The images are smooth random patterns squashed into [-1, 1], the codes
+    N(0, I): like a trained GAN generator, G is a nonlinear map into tanh
+    images whose range contains the data only approximately.
+    """
+    rng = torch.Generator().manual_seed(10)
+    n, pixels = 64, math.prod(TRAINED_SHAPE)
+    codes = torch.randn(n, TRAINED_LATENT, generator=rng)
+    mixing = torch.randn(TRAINED_LATENT, pixels, generator=rng) / math.sqrt(TRAINED_LATENT)
+    images = torch.tanh(torch.sin(2.0 * codes @ mixing) + 0.5 * (codes @ mixing)).view(n, *TRAINED_SHAPE)
+    with torch.random.fork_rng():  # seeded weights, the global generator left as it was
+        torch.manual_seed(0)
+        generator = nn.Sequential(
+            nn.Linear(TRAINED_LATENT, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+            nn.Linear(128, pixels), nn.Tanh(), nn.Unflatten(1, TRAINED_SHAPE),
+        )
+    opt = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    for _ in range(400):
+        opt.zero_grad()
+        (generator(codes) - images).pow(2).mean().backward()
+        opt.step()
+    generator.eval().requires_grad_(False)
+    return generator, codes, images
+
+
+def test_reversal_converges_on_a_trained_nonlinear_generator(trained_generator):
+    generator, codes, images = trained_generator
+    with torch.no_grad():
+        fitted = float((generator(codes) - images).pow(2).mean())
+    result = reverse_generator(generator, images, TRAINED_LATENT, steps=150,
+                               generator_rng=torch.Generator().manual_seed(0))
+    curve = result.curve
+    assert curve[-1] <= 0.5 * curve[0]
+    assert result.final_error.mean() <= 0.5 * curve[0]
+    assert curve_settles(curve)
+    # Close to the error at the true codes: the reversal found the codes' basin, not just any descent.
+    assert result.final_error.mean() <= 2 * fitted + 0.01
+
+
+def test_paper_gradient_descent_fails_the_same_criteria(trained_generator):
+    """The criteria above can fail: Algorithm 1's fixed step 0.05 on the pixel-summed loss overshoots."""
+    generator, _, images = trained_generator
+    result = reverse_generator(generator, images, TRAINED_LATENT, steps=150, optimizer="gd",
+                               generator_rng=torch.Generator().manual_seed(0))
+    curve = result.curve
+    assert not (curve[-1] <= 0.5 * curve[0] and curve_settles(curve))
 
 
 def test_generator_untouched_and_its_modes_restored(truth):
@@ -178,6 +261,29 @@ def test_pag_is_infinite_for_degenerate_codes_and_checks_inputs():
         pag_score(torch.randn(10))
 
 
+def test_expected_prior_pag_matches_monte_carlo():
+    rng = torch.Generator().manual_seed(11)
+    for n, d in ((6, 6), (24, 6), (48, 6), (160, 20)):
+        scores = [pag_score(torch.randn(n, d, generator=rng, dtype=torch.float64)) for _ in range(300)]
+        assert np.mean(scores) == pytest.approx(expected_prior_pag(n, d), rel=0.05)
+    assert expected_prior_pag(3, 5) == math.inf
+    assert expected_prior_pag(10_000, 16) == pytest.approx(16 * 17 / (4 * 10_000), rel=0.01)
+
+
+def test_pag_of_prior_codes_is_biased_upwards_with_too_few_codes():
+    """Codes from N(0, I) agree with N(0, I): PAG ~ 0 from 8 d codes on, but not from d codes."""
+    d = 16
+    rng = torch.Generator().manual_seed(12)
+
+    def mean_pag(n: int) -> float:
+        return float(np.mean([pag_score(torch.randn(n, d, generator=rng, dtype=torch.float64)) for _ in range(20)]))
+
+    few, enough, many = mean_pag(d), mean_pag(PAG_CODES_PER_DIM * d), mean_pag(64 * d)
+    assert few > 5.0  # ~0.55 d: as large as the scores of real GANs
+    assert enough < 0.1 * few and enough < 0.05 * d
+    assert many < enough
+
+
 # --- disagreement samples ----------------------------------------------------------------
 
 
@@ -210,12 +316,14 @@ def test_chunked_nearest_distances_equal_unchunked():
 def test_evaluate_reversal_on_a_gan(truth):
     generator, _, images = truth
     gan = WassersteinGAN(generator, nn.Sequential(nn.Flatten(), nn.Linear(16, 1)), NormalPrior(LATENT))
+    images = images[:PAG_CODES_PER_DIM * LATENT // 2].repeat(2, 1, 1, 1)  # 8 d codes: no warning
     out = evaluate_reversal(gan, images, steps=50, n_prior=200, count=6, seed=0)
     assert math.isfinite(out["pag"]) and out["pag"] >= 0
     assert out["pag_unnormalised"] > out["pag"]
+    assert out["pag_prior_baseline"] == pytest.approx(expected_prior_pag(len(images), LATENT))
     assert len(out["reversal_curve"]) == 51
-    assert out["reversal_final_mse"] == pytest.approx(out["reversal_curve"][-1])
-    assert out["reversal_curve"][-1] < out["reversal_curve"][0]
+    assert out["reversal_final_mse"] <= out["reversal_curve"][-1] * (1 + 1e-6)
+    assert out["reversal_curve"][-1] < 0.05 * out["reversal_curve"][0]
     assert out["disagreement_images"].shape == (6, *SHAPE)
     assert out["disagreement_images"].abs().max() <= 1
     distances = out["disagreement_distances"]
@@ -225,9 +333,23 @@ def test_evaluate_reversal_on_a_gan(truth):
     assert again["pag"] == out["pag"] and again["disagreement_distances"] == distances
 
 
+def _linear_gan(generator) -> WassersteinGAN:
+    return WassersteinGAN(generator, nn.Sequential(nn.Flatten(), nn.Linear(16, 1)), NormalPrior(LATENT))
+
+
 def test_evaluate_reversal_warns_when_too_few_images_for_the_pag(truth):
     generator, _, images = truth
-    gan = WassersteinGAN(generator, nn.Sequential(nn.Flatten(), nn.Linear(16, 1)), NormalPrior(LATENT))
     with pytest.warns(UserWarning, match="PAG will be inf"):
-        out = evaluate_reversal(gan, images[:3], steps=2, n_prior=10, count=2, seed=0)
+        out = evaluate_reversal(_linear_gan(generator), images[:3], steps=2, n_prior=10, count=2, seed=0)
     assert out["pag"] == math.inf
+
+
+def test_evaluate_reversal_warns_below_eight_codes_per_dimension(truth):
+    generator, _, images = truth  # 20 images, 5 dimensions: between d and 8 d
+    with pytest.warns(UserWarning, match="biased upwards.*at least 40 images"):
+        out = evaluate_reversal(_linear_gan(generator), images, steps=2, n_prior=10, count=2, seed=0)
+    assert out["pag_prior_baseline"] == pytest.approx(expected_prior_pag(20, LATENT))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller's override: no warning
+        evaluate_reversal(_linear_gan(generator), images, steps=2, n_prior=10, count=2, seed=0,
+                          min_codes_per_dim=4)

@@ -18,7 +18,7 @@ from trip.models.architectures import (
     check_image_size,
 )
 
-VARIANTS = [("paper", 32), ("paper", 64), ("small", 32), ("small", 16)]
+VARIANTS = [("paper", 32), ("paper", 64), ("small", 32), ("small", 16), ("medium", 16)]
 BUILDERS = {
     "encoder": lambda a, c, s: build_encoder(a, 7, c, s),
     "decoder": lambda a, c, s: build_decoder(a, 7, c, s),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -141,3 +143,17 @@ def test_reconstruct_decodes_the_posterior_mean(name):
     code = label_code(y, observed, model.attribute_sizes) if name == "cvae" else None
     args = () if code is None else (code,)
     torch.testing.assert_close(out, model.likelihood.mean(model.decode(model.encode(x, *args)[0], *args)))
+
+
+def test_label_term_is_the_rings_own_ratio_exact_in_float32_for_far_codes():
+    """log p(y_ob | z) is one ratio inside the ring. As a difference of two float32 log-densities of about
+    -28,000 nats each (codes at +-40), it would be off by about 1e-3 nats."""
+    model = _model("vae_trip_cond")
+    x, y, observed = _batch()
+    far = torch.tensor([40.0, -40.0, 40.0, -40.0]).expand(x.shape[0], -1)
+    model.encode = lambda images: (far, torch.full_like(far, -60.0))  # z = mean + 1e-13 noise = far in float32
+    _, label, _ = model.conditional_terms(x, y, observed, _gen())
+    exact = copy.deepcopy(model.prior).double().attribute_log_prob(far.double(), y, observed)
+    torch.testing.assert_close(label.double(), exact, rtol=0, atol=1e-5)
+    difference = model.prior.joint_log_prob(far, y, observed) - model.prior.log_prob(far)
+    assert (difference.double() - exact).abs().max() > 1e-4  # what the test tells apart

@@ -12,33 +12,56 @@ from trip.models.gan import WassersteinGAN, gradient_penalty, reinforce_surrogat
 from trip.priors import NormalPrior, TRIPPrior
 
 
-def _exact_and_expected_estimate(rewards: torch.Tensor, logits: torch.Tensor, count: int, rescale: bool):
-    """Exact grad of E[r] for a categorical, and the estimator's expectation over all sample tuples."""
-    logits = logits.clone().requires_grad_()
-    probs = torch.softmax(logits, 0)
-    (exact,) = torch.autograd.grad((probs * rewards).sum(), logits)
-    expected = torch.zeros_like(logits)
-    for tup in itertools.product(range(len(rewards)), repeat=count):
+def _enumerate(probs: torch.Tensor, count: int):
+    """Every ordered tuple of ``count`` i.i.d. categorical draws, with its probability."""
+    for tup in itertools.product(range(len(probs)), repeat=count):
         idx = torch.tensor(tup)
-        weight = probs.detach()[idx].prod()
-        log_p = torch.log_softmax(logits, 0)[idx]
-        surrogate = reinforce_surrogate(log_p, rewards[idx])
-        if not rescale:  # the paper's raw batch-mean baseline
-            surrogate = surrogate * (count - 1) / count
-        (g,) = torch.autograd.grad(surrogate, logits)
-        expected += weight * g
-    return exact, expected
+        yield idx, probs[idx].prod()
+
+
+def _exact_gradient(rewards: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """d/d logits of E_{k ~ softmax(logits)}[r_k] = p * (r - E[r]) (written out, no autograd)."""
+    p = torch.softmax(logits, 0)
+    return p * (rewards - (p * rewards).sum())
+
+
+def _paper_raw_estimate(rewards: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The paper's estimator (Eq. 10) from its own formula: (1/l) sum_i grad log p(z_i) (d_i - mean_j d_j).
+
+    The batch mean is the baseline and nothing is rescaled. For a categorical,
+    grad_logits log p(k) = onehot(k) - softmax(logits): no surrogate, no autograd.
+    """
+    p = torch.softmax(logits, 0)
+    d = rewards[idx]
+    score = torch.nn.functional.one_hot(idx, len(logits)).to(p) - p  # (l, K)
+    return (score * (d - d.mean())[:, None]).mean(0)
+
+
+def _surrogate_estimate(rewards: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """What training uses: the gradient of ``reinforce_surrogate`` for one batch of draws."""
+    logits = logits.clone().requires_grad_()
+    (g,) = torch.autograd.grad(reinforce_surrogate(torch.log_softmax(logits, 0)[idx], rewards[idx]), logits)
+    return g
 
 
 @pytest.mark.parametrize("count", [2, 3, 4])
 def test_reinforce_expectation_equals_exact_gradient(count):
     rewards = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     logits = torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64)
-    exact, expected = _exact_and_expected_estimate(rewards, logits, count, rescale=True)
-    torch.testing.assert_close(expected, exact, rtol=1e-10, atol=1e-12)
-    # The paper's (d_i - mean d) form is biased by exactly (l - 1) / l; we rescale it away.
-    _, raw = _exact_and_expected_estimate(rewards, logits, count, rescale=False)
+    probs = torch.softmax(logits, 0)
+    exact = _exact_gradient(rewards, logits)
+    # The closed form agrees with autograd of E[r].
+    leaf = logits.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad((torch.softmax(leaf, 0) * rewards).sum(), leaf)[0], exact)
+    assert exact.abs().min() > 0.05  # a bias of a factor (l-1)/l is visible in every coordinate
+
+    ours = sum(w * _surrogate_estimate(rewards, logits, idx) for idx, w in _enumerate(probs, count))
+    raw = sum(w * _paper_raw_estimate(rewards, logits, idx) for idx, w in _enumerate(probs, count))
+    # Ours (batch-mean baseline rescaled by l/(l-1), i.e. leave-one-out) is exactly unbiased.
+    torch.testing.assert_close(ours, exact, rtol=1e-10, atol=1e-12)
+    # The paper's raw estimator, computed from its own formula, is biased by exactly (l - 1) / l.
     torch.testing.assert_close(raw, exact * (count - 1) / count, rtol=1e-10, atol=1e-12)
+    assert (raw - exact).abs().max() > 0.01 / count
 
 
 def test_reinforce_needs_two_samples():

@@ -20,7 +20,7 @@ from scipy.stats import multivariate_normal
 from torch import nn
 
 from trip.models.likelihoods import Bernoulli, DiscretizedGaussian, Gaussian
-from trip.models.vae import VAE, kl_to_standard_normal, log_q_from_noise
+from trip.models.vae import VAE, bits_per_dim, kl_to_standard_normal, log_q_from_noise
 from trip.priors import GMMPrior, NormalPrior, Prior, TRIPPrior
 
 OBS, LATENT, NOISE = 4, 2, 0.5  # observed size, latent size, decoder std
@@ -364,3 +364,20 @@ def test_encoder_output_of_the_wrong_size_raises():
     vae = VAE(ImageEncoder(2, 4), nn.Identity(), NormalPrior(3), Gaussian())
     with pytest.raises(ValueError, match=r"encoder gives codes of shape \(6, 4\).*model.latent_dim"):
         vae.loss(images())
+
+
+def test_bits_per_dim_of_a_uniform_8_bit_model_is_8():
+    dims = 3 * 4 * 4
+    uniform = torch.full((5,), -dims * math.log(256.0))  # log-mass of 1/256 per value
+    torch.testing.assert_close(bits_per_dim(uniform, dims), torch.full((5,), 8.0))
+    assert bits_per_dim(-dims * math.log(2.0), dims) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="dims must be an integer >= 1"):
+        bits_per_dim(uniform, 0)
+
+
+def test_bits_per_dim_of_the_discretised_likelihood_is_a_bit_count():
+    """A decoder sharp on the data puts nearly all mass in the right bins: close to 0 bits, never below."""
+    likelihood = DiscretizedGaussian(channels=2, init_std=1e-3, learnable=False)
+    x = images()
+    bpd = bits_per_dim(likelihood.log_prob(x, x), x[0].numel())
+    assert ((bpd >= 0) & (bpd < 1e-3)).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from scipy.special import logsumexp
 from scipy.stats import kstest, multivariate_normal, norm
 
 from trip.priors import GMMPrior, NormalPrior
+from trip.priors.gmm import GMM_INIT_STD
 
 
 def _gmm(seed=0, d=3, k=4):
@@ -78,3 +81,20 @@ def test_gmm_fixed_and_learnable():
     learnable = GMMPrior(3, 2)
     learnable.log_prob(torch.randn(4, 3)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learnable.parameters())
+
+
+@pytest.mark.parametrize("k,mean_range", [(4, (-1.0, 1.0)), (1000, (-1.0, 1.0)), (1000, (-3.0, 3.0))])
+def test_gmm_default_std_is_the_paper_codes_not_trips_spacing_rule(k, mean_range):
+    """The paper's code initialises every log-variance at -1, whatever K: sigma = exp(-1/2), not (high - low)/(2K)."""
+    prior = GMMPrior(5, k, mean_range=mean_range)
+    torch.testing.assert_close(prior.stds, torch.full((k, 5), math.exp(-0.5)))
+    assert GMM_INIT_STD == pytest.approx(0.6065306597)
+
+
+def test_gmm_of_the_paper_profiles_is_not_a_set_of_point_masses():
+    """K = 1000 in d = 100: codes ~ N(0, I) get a log-density of order -d (about -2.2 nats per dimension);
+    with sigma = 1/K it would be about -d / (2 sigma^2), i.e. -6.7e7."""
+    prior = GMMPrior(100, 1000, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(256, 100, generator=torch.Generator().manual_seed(1))
+    log_p = prior.log_prob(z)
+    assert -300 < log_p.mean().item() < -100

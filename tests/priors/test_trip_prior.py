@@ -212,7 +212,11 @@ def test_fixed_prior_has_frozen_parameters():
     assert z.grad is not None and prior.log_cores.grad is None
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = [
+    "cpu",
+    # Always collected, so a machine without a GPU reports it as skipped instead of silently running CPU only.
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,19 @@ or under ``root/celeba`` (torchvision's layout)::
 As in the paper's code, each image is center-cropped to 160x160 (torchvision's
 ``CenterCrop(160)`` box) and resized to ``image_size`` (64 by default) with
 bilinear filtering. The 40 attributes become 0/1 (the file's -1 becomes 0).
+
+Two train/test splits (option ``partition``):
+
+* ``official``: the partition file's train (162,770 images) against its test
+  (19,962) or valid (19,867) part;
+* ``random``: the paper's "random train-test split" (Sec. 6) of all 202,599
+  images, as its code makes it (core/custom_datasets/celeba_dataset.py): a
+  permutation from ``np.random.seed(777)``, the first round(0.9 * 202,599) =
+  182,339 images for training and the other 20,260 for testing. The code
+  permutes ``os.listdir`` order, which depends on the file system; we permute
+  the files in name order, so the sizes are the paper's, the membership is ours.
+
+:func:`split_sizes` gives the image counts of either without reading any file.
 """
 
 from __future__ import annotations
@@ -38,6 +51,9 @@ ATTRIBUTES = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
 PARTITIONS = {"train": 0, "valid": 1, "test": 2}
+OFFICIAL_SIZES = {"train": 162_770, "valid": 19_867, "test": 19_962}  # list_eval_partition.txt
+TOTAL_IMAGES = 202_599
+RANDOM_TRAIN_FRACTION, RANDOM_SEED = 0.9, 777  # the paper's code: celeba_dataset.py
 CROP = 160
 IMAGES, ATTR_FILE, PARTITION_FILE = "img_align_celeba/", "list_attr_celeba.txt", "list_eval_partition.txt"
 
@@ -124,11 +140,21 @@ def _read_index(root: str | Path | None) -> _Index:
     return _Index(files, names, attributes, np.array([partition[n] for n in names]))
 
 
-def _decode_split(index: _Index, split: str, image_size: int, limit: int | None, workers: int) -> Split:
+def _official_rows(index: _Index, split: str) -> np.ndarray:
     if split not in PARTITIONS:
         raise ValueError(f"split must be one of {list(PARTITIONS)}, got {split!r}")
-    files, names, attributes, partition = index
-    rows = np.flatnonzero(partition == PARTITIONS[split])[:limit]
+    return np.flatnonzero(index.partition == PARTITIONS[split])
+
+
+def random_split(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of the paper code's random split of ``count`` images, in permuted order."""
+    order = np.random.RandomState(RANDOM_SEED).permutation(count)  # the code's np.random.seed(777); permutation
+    cut = round(RANDOM_TRAIN_FRACTION * count)
+    return order[:cut], order[cut:]
+
+
+def _decode_split(index: _Index, rows: np.ndarray, label: str, image_size: int, workers: int) -> Split:
+    files, names, attributes, _ = index
     paths = [files["images"] / names[i] for i in rows]
     absent = [p.name for p in paths if not p.is_file()]
     if absent:
@@ -138,7 +164,7 @@ def _decode_split(index: _Index, split: str, image_size: int, limit: int | None,
     # Decoding dominates; PIL releases the GIL while decoding, so threads scale.
     with ThreadPoolExecutor(max(1, workers)) as pool:
         decoded = pool.map(lambda p: crop_and_resize(decode_image(p), image_size), paths)
-        for i, image in enumerate(tqdm(decoded, total=len(paths), desc=f"celeba {split}", disable=len(paths) < 5000)):
+        for i, image in enumerate(tqdm(decoded, total=len(paths), desc=f"celeba {label}", disable=len(paths) < 5000)):
             images[i] = image
     return Split(images, attributes[rows], ATTRIBUTES, source=str(files["images"].parent))
 
@@ -151,21 +177,46 @@ def load_celeba_split(
     workers: int = min(8, os.cpu_count() or 1),
 ) -> Split:
     """One official partition (``train``, ``valid`` or ``test``), optionally only its first ``limit`` images."""
-    return _decode_split(_read_index(root), split, image_size, limit, workers)
+    index = _read_index(root)
+    return _decode_split(index, _official_rows(index, split)[:limit], split, image_size, workers)
+
+
+def split_sizes(partition: str = "official", test_split: str = "test", limit: int | None = None,
+                **_other_options) -> tuple[int, int]:
+    """(train, test) image counts of :func:`load_celeba` with these options, for the complete dataset,
+    without reading a file. A bad ``partition``, ``test_split`` or ``limit`` raises ``ValueError``
+    naming the option."""
+    if partition not in ("official", "random"):
+        raise ValueError(f"partition: must be 'official' or 'random', got {partition!r}")
+    allowed = ("test", "valid") if partition == "official" else ("test",)
+    if test_split not in allowed:
+        raise ValueError(f"test_split: must be {' or '.join(map(repr, allowed))} with the {partition} partition, "
+                         f"got {test_split!r}")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ValueError(f"limit: must be null or an integer >= 1, got {limit!r}")
+    if partition == "official":
+        train, test = OFFICIAL_SIZES["train"], OFFICIAL_SIZES[test_split]
+    else:
+        train = round(RANDOM_TRAIN_FRACTION * TOTAL_IMAGES)
+        test = TOTAL_IMAGES - train
+    return (train, test) if limit is None else (min(train, limit), min(test, limit))
 
 
 def load_celeba(
     root: str | Path | None = None,
     image_size: int = 64,
+    partition: str = "official",
     test_split: str = "test",
     limit: int | None = None,
     workers: int = min(8, os.cpu_count() or 1),
 ) -> tuple[Split, Split]:
-    """The registry entry: official train partition and ``test_split`` (``test`` or ``valid``)."""
-    if test_split not in ("test", "valid"):
-        raise ValueError(f"test_split must be 'test' or 'valid', got {test_split!r}")
+    """The registry entry: (train, test) of the ``official`` partition (test: ``test`` or ``valid``)
+    or of the paper's ``random`` 90/10 split; optionally only the first ``limit`` images of each."""
+    split_sizes(partition, test_split, limit)  # the options, checked before any file is read
     index = _read_index(root)
-    return (
-        _decode_split(index, "train", image_size, limit, workers),
-        _decode_split(index, test_split, image_size, limit, workers),
-    )
+    if partition == "random":
+        rows = random_split(len(index.names))
+    else:
+        rows = _official_rows(index, "train"), _official_rows(index, test_split)
+    labels = ("train", test_split)
+    return tuple(_decode_split(index, r[:limit], name, image_size, workers) for r, name in zip(rows, labels))

@@ -43,6 +43,7 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+TRAIN_SIZE, TEST_SIZE = 50_000, 10_000  # the standard split: five training batches of 10,000 and test_batch
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -98,6 +99,12 @@ def read_meta(path: str | Path) -> tuple[str, ...]:
     if not isinstance(names, list) or len(names) != len(CLASSES):
         raise CorruptDataError(path, f"'label_names' should list {len(CLASSES)} classes, found {names!r}")
     return tuple(str(n) for n in names)
+
+
+def split_sizes(**_options) -> tuple[int, int]:
+    """(train, test) image counts of :func:`load_cifar10` for the standard dataset, without reading a file
+    (an image-folder copy holds what it holds); no option changes them."""
+    return TRAIN_SIZE, TEST_SIZE
 
 
 def load_cifar10(root: str | Path | None = None, image_size: int = 32, download: bool = False) -> tuple[Split, Split]:

@@ -214,3 +214,39 @@ def load_shapes(n_train: int = 20_000, n_test: int = 2_000, image_size: int = 32
         generate_shapes(n_train, image_size, seed, "train"),
         generate_shapes(n_test, image_size, seed, "test"),
     )
+
+
+# -- the exact joint distribution of the attributes --------------------------------------
+def combination_index(attributes: np.ndarray) -> np.ndarray:
+    """(N, 9) 0/1 attribute rows -> (N,) combination indices in 0..511: bit j holds ``ATTRIBUTES[j]``.
+
+    So index 0 is all attributes 0, index 1 only ``square``, index 2**8 = 256
+    only ``striped``; the order of :func:`attribute_probabilities`.
+    """
+    attributes = np.asarray(attributes)
+    if attributes.ndim != 2 or attributes.shape[1] != len(ATTRIBUTES):
+        raise ValueError(f"need (N, {len(ATTRIBUTES)}) attribute rows, got shape {attributes.shape}")
+    return (attributes.astype(np.int64) << np.arange(len(ATTRIBUTES))).sum(axis=1)
+
+
+def attribute_probabilities() -> np.ndarray:
+    """The exact probability (512,) of every attribute combination under ``sample_attributes``.
+
+    Entry ``i`` is P(attributes = a) for the combination a with
+    ``combination_index(a) == i`` (bit j = attribute j of ``ATTRIBUTES``).
+    Computed from the same constants the generator thresholds against: the
+    five root attributes (square, large, left, top, dark_background) are 1
+    with probability 0.5 each, and each correlated attribute depends only on
+    its parent through the ``P_*`` pairs. The entries are positive and sum to 1.
+    """
+    bits = (np.arange(2 ** len(ATTRIBUTES))[:, None] >> np.arange(len(ATTRIBUTES))) & 1
+    a = {name: bits[:, j].astype(bool) for j, name in enumerate(ATTRIBUTES)}
+    p_one = {name: np.full(len(bits), 0.5) for name in ("square", "large", "left", "top", "dark_background")}
+    for child, parent, (given_1, given_0) in (
+        ("warm", "dark_background", P_WARM_GIVEN_DARK),
+        ("outline", "large", P_OUTLINE_GIVEN_LARGE),
+        ("second_object", "large", P_SECOND_GIVEN_LARGE),
+        ("striped", "square", P_STRIPED_GIVEN_SQUARE),
+    ):
+        p_one[child] = np.where(a[parent], given_1, given_0)
+    return np.prod([np.where(a[name], p_one[name], 1 - p_one[name]) for name in ATTRIBUTES], axis=0)

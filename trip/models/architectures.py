@@ -79,6 +79,9 @@ ARCHITECTURES.register("paper")(ArchSpec(base_width=64, max_width=512, image_siz
 # Narrow enough for the embedded default (20k 32x32 images) to train on a 2-core
 # CPU in seconds per epoch: ~14 ms per VAE step of 64 images, ~4 s per epoch.
 ARCHITECTURES.register("small")(ArchSpec(base_width=16, max_width=64, image_sizes=(8, 16, 32, 64)))
+# Half and twice as wide: candidates of the default's recipe search (benchmarks/recipe_sweep.py).
+ARCHITECTURES.register("tiny")(ArchSpec(base_width=8, max_width=32, image_sizes=(8, 16, 32, 64)))
+ARCHITECTURES.register("medium")(ArchSpec(base_width=32, max_width=128, image_sizes=(8, 16, 32, 64)))
 
 
 def _spec(arch: str) -> ArchSpec:

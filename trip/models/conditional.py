@@ -56,10 +56,10 @@ class ConditionalVAETRIP(VAE):
         noise = _noise(mean.shape, mean, generator)
         z = mean + torch.exp(0.5 * logvar) * noise
         recon = self.likelihood.log_prob(x, self.decode(z))
-        log_pz = self.prior.log_prob(z)
-        # log p(z, y_ob) - log p(z); exactly 0 for rows with nothing observed.
-        label = self.prior.joint_log_prob(z, y, observed) - log_pz
-        return recon, label, log_q_from_noise(noise, logvar) - log_pz
+        # log p(y_ob | z) as one ratio inside the ring (exact in float32, unlike the difference of
+        # two separate log-densities); exactly 0 for rows with nothing observed.
+        label = self.prior.attribute_log_prob(z, y, observed)
+        return recon, label, log_q_from_noise(noise, logvar) - self.prior.log_prob(z)
 
     def loss(self, x: Tensor, y: Tensor | None = None, observed: Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:

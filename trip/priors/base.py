@@ -35,6 +35,35 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+class StateStamp:
+    """Which values a module's parameters and buffers hold: ``current(module)`` is False once any changed.
+
+    A change is an in-place write (optimiser steps, ``copy_``, ``load_state_dict``:
+    torch bumps the tensor's version counter), a replaced tensor (``.to``,
+    ``.double()``, ``param.data = ...``) or a new parameter. Writes through
+    ``.data`` bypass the version counter and are not seen (torch's autograd
+    does not see them either). The stamp holds detached aliases of the tensors,
+    so a freed storage's address cannot be reused to fake a match.
+    """
+
+    def __init__(self, module: nn.Module):
+        tensors = _state_tensors(module)
+        self._refs = [t.detach() for t in tensors]
+        self._versions = [t._version for t in tensors]
+
+    def current(self, module: nn.Module) -> bool:
+        tensors = _state_tensors(module)
+        return len(tensors) == len(self._refs) and all(
+            t.data_ptr() == r.data_ptr() and t._version == v and t.dtype == r.dtype and t.shape == r.shape
+            and t.device == r.device
+            for t, r, v in zip(tensors, self._refs, self._versions)
+        )
+
+
+def _state_tensors(module: nn.Module) -> list[Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
 class Prior(nn.Module, ABC):
     """Base class: input validation and the fixed/learnable switch."""
 
@@ -43,6 +72,17 @@ class Prior(nn.Module, ABC):
         self.dim = _positive_int("dim", dim)
         # Carries dtype and device for priors without parameters.
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+        self._derived: dict = {}  # cached(): values derived from the parameters, with their stamps
+
+    def cached(self, name: str, build):
+        """``build()``, reused until a parameter or buffer of this prior changes (see :class:`StateStamp`)."""
+        derived = self.__dict__.setdefault("_derived", {})
+        entry = derived.get(name)
+        if entry is not None and entry[0].current(self):
+            return entry[1]
+        value = build()
+        derived[name] = (StateStamp(self), value)
+        return value
 
     # -- dtype, device, learnability -------------------------------------------------
     @property

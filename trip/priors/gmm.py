@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from trip.priors.base import Prior, _positive_int, gaussian_log_density
 
 
-def default_std(mean_range: tuple[float, float], n_components: int) -> float:
-    """Half the spacing of an even grid of ``n_components`` means on the range.
+# The paper's code initialises every GMM log-variance at -1 (core/learnable_priors/gmm_lp.py),
+# whatever the number of components: sigma = exp(-1/2) ~ 0.61.
+GMM_INIT_STD = math.exp(-0.5)
 
-    For the paper's range [-1, 1] this is 1/N, its GAN-TRIP initialisation.
+
+def default_std(mean_range: tuple[float, float], n_components: int) -> float:
+    """Half the spacing of an even grid of ``n_components`` means on the range: TRIP's per-dimension rule.
+
+    For the paper's range [-1, 1] this is 1/N, its GAN-TRIP initialisation (Sec. 3.2). It is not
+    the GMM's: there K components share the whole space, and 1/K would make them point masses.
     """
     low, high = mean_range
     return (high - low) / (2 * n_components)
@@ -28,7 +36,7 @@ class GMMPrior(Prior):
     """p(z) = sum_k pi_k N(z | mu_k, diag(sigma_k^2)), exact log-density by logsumexp.
 
     Means start uniform on ``mean_range``, standard deviations at ``init_std``
-    (default: :func:`default_std`), weights uniform.
+    (default :data:`GMM_INIT_STD`, the paper's code's), weights uniform.
     """
 
     def __init__(
@@ -43,7 +51,7 @@ class GMMPrior(Prior):
         super().__init__(dim)
         self.n_components = _positive_int("n_components", n_components)
         low, high = check_range(mean_range)
-        std = default_std((low, high), n_components) if init_std is None else float(init_std)
+        std = GMM_INIT_STD if init_std is None else float(init_std)
         if not std > 0:
             raise ValueError(f"init_std must be > 0, got {init_std!r}")
         loc = low + (high - low) * torch.rand(n_components, dim, generator=generator)

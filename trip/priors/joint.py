@@ -140,7 +140,7 @@ class JointTRIPPrior(TRIPPrior):
         if y_observed is not None:
             mask = self._check_attribute_mask(y_observed, y.shape[0])
         y = y.long()
-        sizes = torch.tensor(self.attribute_sizes, device=self.device)
+        sizes = tr.cached_index(self.attribute_sizes, self.device)
         bad = (mask & ((y < 0) | (y >= sizes))).nonzero()
         if len(bad):
             row, j = bad[0].tolist()
@@ -176,7 +176,7 @@ class JointTRIPPrior(TRIPPrior):
         """Attribute log-weights (B or 1, c, S): 0 on the observed value (-inf elsewhere), on all if hidden."""
         allowed = self._state_valid[None, self.dim :]
         if y is not None:
-            hit = torch.arange(self.n_states, device=self.device) == y[..., None]
+            hit = tr.cached_index(tuple(range(self.n_states)), self.device) == y[..., None]
             allowed = allowed & (hit | ~y_observed[..., None])
         return allowed.to(self.dtype).log()
 
@@ -205,9 +205,15 @@ class JointTRIPPrior(TRIPPrior):
         return self._log_value(self._in_ring_order(self._latent_emissions(), self._attribute_emissions()))[0]
 
     # -- densities ---------------------------------------------------------------------
+    def _log_value_normalised(self, emission: Tensor) -> Tensor:
+        """log p of each emission row: the normaliser is one more row of the same chain."""
+        everything = self._in_ring_order(self._latent_emissions(), self._attribute_emissions())
+        values = self._log_value(torch.cat([emission, everything]))
+        return values[:-1] - values[-1]
+
     def _log_prob(self, z: Tensor, observed: Tensor | None) -> Tensor:
         emission = self._in_ring_order(self._latent_emissions(z, observed), self._attribute_emissions())
-        return self._log_value(emission) - self.log_normalizer()
+        return self._log_value_normalised(emission)
 
     def joint_log_prob(self, z: Tensor, y: Tensor, y_observed=None, observed=None) -> Tensor:
         """log p(z_observed, y_observed): (B,). Hidden attributes and latents are summed out exactly."""
@@ -217,7 +223,7 @@ class JointTRIPPrior(TRIPPrior):
         emission = self._in_ring_order(
             self._latent_emissions(z, observed), self._attribute_emissions(y, y_observed)
         )
-        return self._log_value(emission) - self.log_normalizer()
+        return self._log_value_normalised(emission)
 
     def attribute_log_prob(self, z: Tensor, y: Tensor, y_observed=None) -> Tensor:
         """log p(y_observed | z): (B,), 0 for rows with nothing observed (the ELBO term of Eq. 14)."""
@@ -232,7 +238,7 @@ class JointTRIPPrior(TRIPPrior):
         """log p(y_j = k | z) for every attribute j and value k: (B, c, max K), -inf past K_j."""
         z = self.check_codes(z)
         pairs = [(j, k) for j, size in enumerate(self.attribute_sizes) for k in range(size)]
-        j, k = (torch.tensor(v, device=self.device) for v in zip(*pairs))
+        j, k = (tr.cached_index(v, self.device) for v in zip(*pairs))
         # one ring per (code, attribute, value): that attribute observed, the others hidden
         y = torch.zeros(len(pairs), self.n_attributes, dtype=torch.long, device=self.device)
         y[torch.arange(len(pairs)), j] = k
@@ -253,18 +259,23 @@ class JointTRIPPrior(TRIPPrior):
         return self.attribute_log_probabilities(z).exp()
 
     # -- sampling ----------------------------------------------------------------------
+    def _variable_order(self, states: Tensor) -> Tensor:
+        """Ring-order states (B, d + c) back in variable order."""
+        inverse = self.cached("inverse_ring_order", lambda: torch.argsort(self.ring_order))
+        return states.index_select(1, inverse)
+
     def _draw_states(self, log_emission: Tensor, resample: Tensor, generator) -> Tensor:
         """States (B, d + c) in variable order; ``resample`` (B, d + c) is in variable order too."""
-        states = tr.sample_states(*self._ring(), log_emission, resample.index_select(1, self.ring_order), generator)
-        return states.index_select(1, torch.argsort(self.ring_order))
+        plan = tr.sampling_plan(*self._ring(), log_emission)
+        in_ring = resample.index_select(1, self.ring_order)
+        return self._variable_order(tr.draw_states(plan, resample.shape[0], in_ring, generator))
 
-    def _latent_positions(self, batch: int, attributes_too: bool = False) -> Tensor:
-        is_latent = torch.arange(self.dim + self.n_attributes, device=self.device) < self.dim
-        return (is_latent | attributes_too).expand(batch, -1)
+    def _build_prior_plan(self) -> tr.SamplingPlan:
+        emission = self._in_ring_order(self._latent_emissions(), self._attribute_emissions())
+        return tr.sampling_plan(*self._ring(), emission)
 
     def _sample(self, n: int, generator) -> Tensor:
-        emission = self._in_ring_order(self._latent_emissions(), self._attribute_emissions())
-        states = self._draw_states(emission, self._latent_positions(n), generator)
+        states = self._variable_order(tr.draw_states(self._prior_plan(), n, generator=generator))
         return self._draw_codes(states[:, : self.dim], generator)
 
     def _sample_conditional(self, z: Tensor, resample: Tensor, generator) -> Tensor:
@@ -280,7 +291,8 @@ class JointTRIPPrior(TRIPPrior):
         """z ~ p(z | y_observed): (B, d), one draw per row of ``y``; hidden attributes are summed out."""
         y, y_observed = self.check_attributes(y, y_observed)
         emission = self._in_ring_order(self._latent_emissions(), self._attribute_emissions(y, y_observed))
-        states = self._draw_states(emission, self._latent_positions(y.shape[0]), generator)
+        plan = tr.sampling_plan(*self._ring(), emission)
+        states = self._variable_order(tr.draw_states(plan, emission.shape[0], generator=generator))
         return self._draw_codes(states[:, : self.dim], generator)
 
     @torch.no_grad()
@@ -288,8 +300,7 @@ class JointTRIPPrior(TRIPPrior):
         """(z, y) ~ p(z, y): codes (n, d) and attribute values (n, c)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        emission = self._in_ring_order(self._latent_emissions(), self._attribute_emissions())
-        states = self._draw_states(emission, self._latent_positions(n, attributes_too=True), generator)
+        states = self._variable_order(tr.draw_states(self._prior_plan(), n, generator=generator))
         return self._draw_codes(states[:, : self.dim], generator), states[:, self.dim :]
 
     def extra_repr(self) -> str:

@@ -9,21 +9,30 @@ discrete state s_k and an *emission* log-weight vector e_k (length N):
 Latent dimensions use Gaussian log-densities as emissions; a marginalised
 position uses zeros (A_k = sum_s Q_k[s]); a discrete attribute uses 0 on its
 observed value and -inf elsewhere. Everything else in the package builds on
-the three functions here.
+the functions here: :func:`log_ring_value` / :func:`log_ring_ratio` (densities)
+and :func:`sampling_plan` / :func:`draw_states` (exact sampling).
 
 Why this is exact in float32: cores are stored as logs. Each slice Q_k[s] is
 divided by its own max entry and that log-max joins the emission log-weight;
 the largest log-weight per position is pulled out as an offset, so every
 weighted core has a max entry >= 1 and no term underflows to zero because a
 code is far from the components. Products of non-negative matrices have no
-cancellation, and each pairwise product is rescaled by its max with the log
-accumulated. All offsets are detached: the identity holds for any constant,
+cancellation, and each pairwise product is rescaled by its entry sum with the
+log accumulated. All offsets are detached: the identity holds for any constant,
 so gradients are exact and cheaper.
+
+Speed (see the README's benchmark section): the chain of products is one
+autograd node (:class:`_TraceChain`) with a hand-written backward -- the same
+two matmuls per product autograd would run, written straight into one gradient
+buffer per tree level instead of through split/cat/div nodes -- and, without
+autograd, its products go to workspaces reused across batch chunks.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,6 +50,30 @@ def split_log_cores(log_cores: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(log_cores - log_max[..., None, None]), log_max
 
 
+def _emission_weights(log_max: Tensor, log_emission_t: Tensor) -> tuple[Tensor, Tensor]:
+    """exp(e + log_max - offset) and the detached offsets, position-major.
+
+    Args:
+        log_max: (L, N).
+        log_emission_t: (L, B, N) emission log-weights, position-major.
+
+    Returns:
+        ``(w, offset)``: (L, B, N) contiguous weights with max 1 per (k, b), and
+        (L, B) offsets.
+    """
+    log_w = log_emission_t + log_max[:, None, :]
+    offset = log_w.detach().amax(dim=-1)
+    # Weights below e times the smallest normal number are flushed to exactly 0 (what
+    # they are, relative to the max weight 1, to 1e-37): exp with denormal results is
+    # ~15x slower, and exp(log(tiny)) itself rounds below tiny.
+    shifted = torch.sub(log_w, offset[..., None])
+    floor = math.log(torch.finfo(shifted.dtype).tiny) + 1.0
+    flush = shifted.detach() < floor
+    if shifted.requires_grad:
+        return torch.exp(shifted.clamp_min(floor)).masked_fill(flush, 0.0), offset
+    return shifted.clamp_min_(floor).exp_().masked_fill_(flush, 0.0), offset
+
+
 def weighted_cores(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> tuple[Tensor, Tensor]:
     """Form A_k = sum_s exp(e_k[s]) Q_k[s] for a batch, as one batched matmul.
 
@@ -55,22 +88,9 @@ def weighted_cores(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> tupl
         ``A_k[b] = mats[k, b] * exp(log_scale[k, b])``.
     """
     length, n_states, m, _ = cores.shape
-    log_w = log_emission + log_max  # (B, L, N)
-    offset = log_w.detach().amax(dim=-1)  # (B, L)
-    w = torch.exp(log_w - offset[..., None])
-    mats = torch.bmm(w.transpose(0, 1), cores.reshape(length, n_states, m * m))
-    return mats.view(length, -1, m, m), offset.transpose(0, 1)
-
-
-def _rescale(mats: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
-    """Divide each matrix by its max entry; return the matrices and the log maxima.
-
-    ``inplace`` is for fresh matmul outputs, which autograd does not keep.
-    """
-    scale = mats.detach().amax(dim=(-2, -1))
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))[..., None, None]
-    mats = mats.div_(scale) if inplace else mats / scale
-    return mats, torch.log(scale[..., 0, 0])
+    w, offset = _emission_weights(log_max, log_emission.transpose(0, 1))
+    mats = torch.bmm(w, cores.reshape(length, n_states, m * m))
+    return mats.view(length, -1, m, m), offset
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +112,131 @@ def tree_plan(length: int) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
     return tuple(memory), (carry, *carries)
 
 
+_INDEX_CACHE: dict = {}
+
+
+def cached_index(values: tuple[int, ...], device: torch.device) -> Tensor:
+    """A constant long tensor, built once per (values, device) instead of from a list per call."""
+    key = (values, str(device))
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        index = _INDEX_CACHE[key] = torch.tensor(values, dtype=torch.long, device=device)
+    return index
+
+
+def _tree_index(length: int, device: torch.device) -> Tensor:
+    return cached_index(tree_plan(length)[0], device)
+
+
+# -- the chain of products --------------------------------------------------------------
+class _Workspace:
+    """Buffers reused by the forward-only tree across the batch chunks of one call."""
+
+    def __init__(self):
+        self.buffers: dict[int, Tensor] = {}
+
+    def get(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        buf = self.buffers.get(slot)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffers[slot] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel].view(shape)
+
+
+def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None):
+    """Pairwise products of ``mats`` (L, b, m, m), stored in tree order, each rescaled by its max.
+
+    Returns ``(levels, scales, trace)``: ``levels[0] is mats`` and ``levels[r]``
+    the normalised products of level r (kept only if ``keep``), ``scales[r]``
+    (L_r, b) the factors they were multiplied by, and ``trace`` (b,) the trace
+    of the last, single product.
+    """
+    length, rows, m, _ = mats.shape
+    tiny = torch.finfo(mats.dtype).tiny
+    levels, scales = [mats], []
+    x = mats
+    for r, carry in enumerate(tree_plan(length)[1]):
+        half = x.shape[0] // 2
+        if workspace is None:
+            prod = torch.matmul(x[:half], x[half : 2 * half])
+        else:  # two ping-pong buffers: a level only reads the one before it
+            prod = torch.matmul(x[:half], x[half : 2 * half], out=workspace.get(r % 2, (half, rows, m, m), x))
+        if carry is not None:
+            prod[carry] = torch.matmul(prod[carry], x[2 * half])
+        # Rescaled by the reciprocal of its entry sum (a cheaper reduction than the max; the
+        # normalised entries are <= 1 with max >= 1/m^2). A zero product (impossible evidence)
+        # keeps its zeros: its log-trace is -inf either way.
+        inv = prod.view(half, rows, m * m).sum(dim=-1).clamp_min_(tiny).reciprocal_()
+        prod.mul_(inv[..., None, None])
+        scales.append(inv)
+        if keep:
+            levels.append(prod)
+        x = prod
+    trace = torch.diagonal(x[0], dim1=-2, dim2=-1).sum(-1)
+    return levels, scales, trace
+
+
+def _chain_total(trace: Tensor, scales: list[Tensor], log_scale: Tensor) -> Tensor:
+    if not scales:
+        return torch.log(trace) + log_scale.sum(0)
+    return (torch.log(trace) - torch.log(torch.cat(scales)).sum(0)) + log_scale.sum(0)
+
+
+class _TraceChain(torch.autograd.Function):
+    """log Tr(prod_k mats[k]) + sum log_scale, with the products' backward written by hand.
+
+    Per product P = (L R) c (c a detached constant): dL = (G c) R^T and
+    dR = L^T (G c), written straight into one gradient buffer per level;
+    autograd would add a split backward (a full copy) and a division node per
+    level. The offsets are constants (detached) as in the forward-only path.
+    """
+
+    @staticmethod
+    def forward(ctx, mats: Tensor, log_scale: Tensor) -> Tensor:
+        levels, scales, trace = _tree_forward(mats, keep=True)
+        ctx.save_for_backward(*levels, *scales, trace)
+        ctx.depth = len(scales)
+        return _chain_total(trace, scales, log_scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        saved = ctx.saved_tensors
+        depth = ctx.depth
+        levels, scales, trace = saved[: depth + 1], saved[depth + 1 : 2 * depth + 1], saved[-1]
+        grad_mats = None
+        if ctx.needs_input_grad[0]:
+            m = levels[0].shape[-1]
+            eye = torch.eye(m, dtype=trace.dtype, device=trace.device)
+            g = eye * (grad / trace)[None, :, None, None]  # d log Tr(X) / dX = I / Tr(X)
+            carries = tree_plan(levels[0].shape[0])[1]
+            for r in reversed(range(depth)):
+                x, carry = levels[r], carries[r]
+                half = x.shape[0] // 2
+                left, right = x[:half], x[half : 2 * half]
+                h = g.mul_(scales[r][..., None, None])
+                gx = torch.empty_like(x)
+                if carry is not None:  # P[carry] = (left[c] right[c]) x[2 half] c
+                    rest = x[2 * half]
+                    torch.matmul(torch.matmul(left[carry], right[carry]).mT, h[carry], out=gx[2 * half])
+                    h[carry] = torch.matmul(h[carry], rest.mT)
+                torch.matmul(h, right.mT, out=gx[:half])
+                torch.matmul(left.mT, h, out=gx[half : 2 * half])
+                g = gx
+            grad_mats = g
+        grad_scale = grad[None].expand(levels[0].shape[0], -1) if ctx.needs_input_grad[1] else None
+        return grad_mats, grad_scale
+
+
+def _chain_value(mats: Tensor, log_scale: Tensor, workspace: _Workspace | None = None) -> Tensor:
+    """log Tr of the tree-ordered chain ``mats`` (L, b, m, m) plus the summed log-scales: (b,)."""
+    if torch.is_grad_enabled() and (mats.requires_grad or log_scale.requires_grad):
+        return _TraceChain.apply(mats, log_scale)
+    _, scales, trace = _tree_forward(mats, keep=False, workspace=workspace)
+    return _chain_total(trace, scales, log_scale)
+
+
 def log_trace_chain(mats: Tensor, log_scale: Tensor, in_tree_order: bool = False) -> Tensor:
     """log Tr(mats[0] @ mats[1] @ ... @ mats[L-1]) + sum of log-scales, per batch.
 
@@ -109,23 +254,43 @@ def log_trace_chain(mats: Tensor, log_scale: Tensor, in_tree_order: bool = False
     Returns:
         (B,) log-traces. ``-inf`` only where the product is exactly zero.
     """
-    order, carries = tree_plan(mats.shape[0])
     if not in_tree_order:
-        index = torch.tensor(order, device=mats.device)
-        mats = mats.index_select(0, index)
-    total = log_scale.sum(0)
-    for carry in carries:
-        half = mats.shape[0] // 2
-        # split, not slicing: its backward is one cat instead of zero-filled copies
-        left, right, rest = mats.split([half, half, mats.shape[0] - 2 * half])
-        prod = torch.matmul(left, right)
-        if carry is not None:
-            last = torch.matmul(prod[carry], rest[0])[None]
-            prod = torch.cat([prod[:carry], last, prod[carry + 1 :]])
-        mats, log_s = _rescale(prod, inplace=True)
-        total = total + log_s.sum(0)
-    trace = torch.diagonal(mats[0], dim1=-2, dim2=-1).sum(-1)
-    return torch.log(trace) + total
+        index = _tree_index(mats.shape[0], mats.device)
+        mats, log_scale = mats.index_select(0, index), log_scale.index_select(0, index)
+    return _chain_value(mats, log_scale)
+
+
+CPU_CHUNK_ELEMENTS = 3 << 20  # ~12 MiB of float32 weighted cores per chunk (measured best)
+
+
+def _chunk_rows(length: int, m: int, device: torch.device, total: int) -> int:
+    if device.type != "cpu":
+        return max(1, total)
+    return max(1, CPU_CHUNK_ELEMENTS // (length * m * m))
+
+
+def _ring_inputs(cores: Tensor, log_max: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Cores as (L, N, m*m), log-maxima and the permutation, all in tree order."""
+    length, n_states, m, _ = cores.shape
+    index = _tree_index(length, cores.device)
+    return cores.index_select(0, index).reshape(length, n_states, m * m), log_max.index_select(0, index), index
+
+
+def _values(cores: Tensor, w: Tensor, log_scale: Tensor, m: int, rows: int) -> Tensor:
+    """Chain values of the batch columns of ``w`` (L, B, N) with ``cores`` (L, N, m*m), ``rows`` at a time."""
+    length, batch, _ = w.shape
+    grad = torch.is_grad_enabled() and (w.requires_grad or cores.requires_grad)
+    workspace = None if grad else _Workspace()
+    out = []
+    for start in range(0, batch, rows):
+        stop = min(start + rows, batch)
+        wc = w[:, start:stop]
+        if workspace is None:
+            mats = torch.bmm(wc, cores)
+        else:
+            mats = torch.bmm(wc, cores, out=workspace.get(2, (length, stop - start, m * m), w))
+        out.append(_chain_value(mats.view(length, stop - start, m, m), log_scale[:, start:stop], workspace))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def log_ring_value(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> Tensor:
@@ -133,18 +298,12 @@ def log_ring_value(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> Tens
 
     The small inputs are permuted into tree order so the big weighted cores are
     born in it. On CPU the batch goes in chunks of a few MiB: the chain then
-    stays in cache and allocations are reused instead of page-faulted afresh.
+    stays in cache and (without autograd) its buffers are reused.
     """
-    index = torch.tensor(tree_plan(cores.shape[0])[0], device=cores.device)
-    cores, log_max = cores.index_select(0, index), log_max.index_select(0, index)
-    log_emission = log_emission.index_select(1, index)
-    rows = _chunk_rows(cores) if cores.device.type == "cpu" else log_emission.shape[0]
-    return torch.cat(
-        [
-            log_trace_chain(*weighted_cores(cores, log_max, chunk), in_tree_order=True)
-            for chunk in log_emission.split(rows)
-        ]
-    )
+    length, _, m, _ = cores.shape
+    cores, log_max, index = _ring_inputs(cores, log_max)
+    w, offset = _emission_weights(log_max, log_emission.transpose(0, 1).index_select(0, index))
+    return _values(cores, w, offset, m, _chunk_rows(length, m, cores.device, w.shape[1]))
 
 
 def log_ring_ratio(cores: Tensor, log_max: Tensor, log_emission: Tensor, log_emission_ref: Tensor) -> Tensor:
@@ -166,54 +325,120 @@ def log_ring_ratio(cores: Tensor, log_max: Tensor, log_emission: Tensor, log_emi
             f"log_emission rows ({log_emission.shape[0]}) must be a multiple of the "
             f"reference rows ({log_emission_ref.shape[0]})"
         )
-    index = torch.tensor(tree_plan(cores.shape[0])[0], device=cores.device)
-    cores, log_max = cores.index_select(0, index), log_max.index_select(0, index)
-    num, ref = (e.index_select(1, index) for e in (log_emission, log_emission_ref))
-    rows = max(1, _chunk_rows(cores) // (group + 1)) if cores.device.type == "cpu" else ref.shape[0]
-    chunks = zip(num.split(rows * group), ref.split(rows))
-    return torch.cat([_log_ratio_chunk(cores, log_max, a, b, group) for a, b in chunks])
-
-
-def _log_ratio_chunk(cores: Tensor, log_max: Tensor, num: Tensor, ref: Tensor, group: int) -> Tensor:
-    mats, log_scale = weighted_cores(cores, log_max, torch.cat([num, ref]))
-    shift = log_scale[:, num.shape[0] :]  # detached, like every offset
-    shift = torch.cat([shift.repeat_interleave(group, dim=1), shift], dim=1)
-    value = log_trace_chain(mats, log_scale - shift, in_tree_order=True)
-    return value[: num.shape[0]] - value[num.shape[0] :].repeat_interleave(group)
-
-
-CPU_CHUNK_ELEMENTS = 3 << 20  # ~12 MiB of float32 weighted cores per chunk (measured best)
-
-
-def _chunk_rows(cores: Tensor) -> int:
     length, _, m, _ = cores.shape
-    return max(1, CPU_CHUNK_ELEMENTS // (length * m * m))
+    cores, log_max, index = _ring_inputs(cores, log_max)
+    rows = max(1, _chunk_rows(length, m, cores.device, log_emission_ref.shape[0]) // (group + 1))
+    out = []
+    for num, ref in zip(log_emission.split(rows * group), log_emission_ref.split(rows)):
+        both = torch.cat([num, ref]).transpose(0, 1).index_select(0, index)
+        w, offset = _emission_weights(log_max, both)
+        shift = offset[:, num.shape[0] :]  # detached, like every offset
+        shift = torch.cat([shift.repeat_interleave(group, dim=1), shift], dim=1)
+        value = _values(cores, w, offset - shift, m, w.shape[1])
+        out.append(value[: num.shape[0]] - value[num.shape[0] :].repeat_interleave(group))
+    return torch.cat(out)
 
 
-def _suffix_products(mats: Tensor) -> Tensor:
-    """S[k] = mats[k] @ ... @ mats[L-1] (rescaled), with S[L] = I: (L+1, B, m, m)."""
-    length, batch, m, _ = mats.shape
-    eye = torch.eye(m, dtype=mats.dtype, device=mats.device).expand(batch, m, m)
-    suffix = [eye]
-    for k in range(length - 1, -1, -1):
-        suffix.append(_rescale(torch.matmul(mats[k], suffix[-1]))[0])
-    return torch.stack(suffix[::-1])
+# -- exact sampling ------------------------------------------------------------------------
+#
+# Expanding the trace over the bond indices b_0..b_{L-1} (b_L = b_0) between the
+# cores turns the ring into a chain with a joint weight
+#     prod_k  Q_k[s_k][b_k, b_{k+1}] exp(e_k[s_k]),
+# whose marginal over the bonds is the ring's p(s | e). So an exact sample of
+# (b, s) is drawn as: b_0 from the diagonal of the whole product; each next bond
+# given the last from its row of the weighted core A_k times the backward message
+# (the suffix product's column b_0); then every state s_k, independently, given
+# its two bonds. The suffix products do not depend on the draws (nor, for shared
+# evidence, on the batch: the plan is then computed once and can be cached), all
+# the noise is drawn in one call and every choice is a Gumbel-max argmax, so a
+# call makes no host synchronisation. The bond chain is the only loop: O(1)
+# small ops per position.
+class SamplingPlan(NamedTuple):
+    """What :func:`draw_states` needs from the ring and its evidence, independent of the draws.
 
-
-def _state_logits(prefix: Tensor, suffix: Tensor, core: Tensor, log_max: Tensor) -> Tensor:
-    """log Tr(prefix @ Q[s] @ suffix) for every state s, up to a per-row constant: (B, N).
-
-    ``suffix`` is (B, m, m) or, when it does not depend on the batch, (1, m, m);
-    in that case Q[s] @ suffix is formed once instead of once per row.
+    ``rows`` is 1 when the evidence is shared by the whole batch, else the batch size.
     """
-    n_states, m, _ = core.shape
-    if suffix.shape[0] == 1:
-        right = torch.matmul(core, suffix[0])  # (N, m, m): Tr(P R) = <P, R^T>
-        inner = prefix.reshape(-1, m * m) @ right.transpose(-1, -2).reshape(n_states, m * m).T
+
+    log_first: Tensor  # (rows, m): log p(b_0) up to a constant
+    log_rows: Tensor  # (L - 1, rows * m, m): log A_k[a, :], row a of batch row r at r * m + a
+    log_suffix: Tensor  # (L - 1, rows, m, m): log S_{k+1}, columns scaled to max 1
+    log_slices: Tensor  # (L, m * m, N): log Q_k[s][a, c] + log_max[k, s] at a * m + c
+    log_emission: Tensor  # (rows, L, N)
+
+
+@torch.no_grad()
+def sampling_plan(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> SamplingPlan:
+    """Precompute exact sampling from p(s | evidence) for the ring ``cores`` (L, N, m, m).
+
+    ``log_emission`` (rows, L, N): the evidence, one row shared by every draw or
+    one per draw. Cost: L products of (rows, m, m) matrices.
+    """
+    length, n_states, m, _ = cores.shape
+    rows = log_emission.shape[0]
+    mats, _ = weighted_cores(cores, log_max, log_emission)  # (L, rows, m, m)
+    # Suffix products with every *column* scaled to max 1: column j of S_k is the
+    # backward message of b_0 = j, which is all the bond draws need; column
+    # scaling commutes with multiplying on the left.
+    suffix = mats.new_empty(length + 1, rows, m, m)
+    suffix[length] = torch.eye(m, dtype=mats.dtype, device=mats.device)
+    tiny = torch.finfo(mats.dtype).tiny
+    log_col = mats.new_zeros(rows, 1, m)
+    for k in range(length - 1, -1, -1):
+        prod = torch.matmul(mats[k], suffix[k + 1], out=suffix[k])
+        scale = prod.amax(dim=-2, keepdim=True).clamp_min_(tiny)
+        prod.div_(scale)
+        log_col += scale.log()
+    first = torch.diagonal(suffix[0], dim1=-2, dim2=-1).log() + log_col[:, 0]
+    log_rows = mats[: length - 1].log().reshape(length - 1, rows * m, m)
+    slices = (cores.log() + log_max[..., None, None]).permute(0, 2, 3, 1).reshape(length, m * m, n_states)
+    return SamplingPlan(first, log_rows, suffix[1:length].log(), slices, log_emission)
+
+
+def _gumbel(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    return u.log_().neg_().log_().neg_()  # -log(-log u); u = 0 gives -inf, never chosen
+
+
+@torch.no_grad()
+def draw_states(
+    plan: SamplingPlan, batch: int, resample: Tensor | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draw ``batch`` state vectors of the resampled positions from the plan's p(s | evidence).
+
+    Args:
+        plan: from :func:`sampling_plan`, with one evidence row or ``batch`` rows.
+        resample: (batch, L) bool, the positions to report; ``None``: all of them.
+        generator: optional torch generator for reproducible draws.
+
+    Returns:
+        (batch, L) long states; 0 at positions not resampled (those are summed
+        out under their evidence).
+    """
+    rows, length, n_states = plan.log_emission.shape
+    m = plan.log_first.shape[-1]
+    if rows not in (1, batch):
+        raise ValueError(f"the plan has {rows} evidence rows, cannot draw a batch of {batch}")
+    noise = _gumbel((batch, m * length + n_states * length), plan.log_first, generator)
+    g_first, g_bonds, g_states = noise.split([m, m * (length - 1), n_states * length], dim=1)
+    bond = (plan.log_first + g_first).argmax(-1)  # b_0: (batch,)
+    bonds = [bond]
+    if length > 1:
+        # tail[k, b, :] = log S_{k+1}[:, b_0] + noise: all that the bond loop adds to a row of A_k
+        own = torch.arange(batch, device=bond.device) if rows > 1 else torch.zeros_like(bond)
+        tail = plan.log_suffix[:, own, :, bond] + g_bonds.view(batch, length - 1, m)  # (batch, L - 1, m)
+        tail = tail.transpose(0, 1).contiguous()
+        offset = own * m
+        for k in range(length - 1):
+            bond = (plan.log_rows[k].index_select(0, offset + bond) + tail[k]).argmax(-1)
+            bonds.append(bond)
+        bonds.append(bonds[0])
+        edge = torch.stack(bonds[:-1], dim=1) * m + torch.stack(bonds[1:], dim=1)  # (batch, L)
     else:
-        u = torch.matmul(suffix, prefix)  # Tr(P Q S) = <Q, (S P)^T>
-        inner = u.transpose(-1, -2).reshape(-1, m * m) @ core.reshape(n_states, m * m).T
-    return torch.log(inner) + log_max
+        edge = (bond * (m + 1))[:, None]
+    position = torch.arange(length, device=edge.device)
+    logits = plan.log_slices[position, edge] + plan.log_emission  # (batch, L, N)
+    states = (logits + g_states.view(batch, length, n_states)).argmax(-1)
+    return states if resample is None else torch.where(resample, states, 0)
 
 
 def sample_states(
@@ -223,35 +448,20 @@ def sample_states(
     resample: Tensor,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw the states of the ``resample`` positions from p(s_R | evidence) by the chain rule.
+    """Draw the states of the ``resample`` positions from p(s_R | evidence), exactly.
 
     Args:
         cores, log_max: from :func:`split_log_cores`, (L, N, m, m) and (L, N).
         log_emission: (B, L, N) evidence on every position; resampled positions
-            should carry zeros (no evidence). A batch of 1 is shared by all rows.
-        resample: (B, L) bool, the positions to sample, visited in ring order.
+            should carry zeros (no evidence) or only -inf exclusions. A batch of 1
+            is shared by all rows.
+        resample: (B, L) bool, the positions to sample.
         generator: optional torch generator for reproducible draws.
 
     Returns:
         (B, L) long states; entries at positions not resampled are 0.
 
-    Cost: O(L) (m x m) matrix products per row; the suffix products are
-    computed once per call, for the whole batch when the evidence is shared.
+    Cost: L (m x m) matrix products per evidence row (once for shared evidence),
+    then O(L m) per draw; no host synchronisation.
     """
-    batch, length = resample.shape
-    mats, _ = weighted_cores(cores, log_max, log_emission)  # (L, B or 1, m, m)
-    suffix = _suffix_products(mats)
-    m = cores.shape[-1]
-    prefix = torch.eye(m, dtype=cores.dtype, device=cores.device).expand(batch, m, m)
-    states = torch.zeros(batch, length, dtype=torch.long, device=cores.device)
-    for k in range(length):
-        pick = resample[:, k]
-        step = mats[k].expand(batch, m, m)
-        if pick.any():
-            logits = _state_logits(prefix, suffix[k + 1], cores[k], log_max[k])
-            probs = torch.softmax(logits, dim=-1)
-            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            states[:, k] = torch.where(pick, drawn, states[:, k])
-            step = torch.where(pick[:, None, None], cores[k][drawn], step)
-        prefix = _rescale(torch.matmul(prefix, step))[0]
-    return states
+    return draw_states(sampling_plan(cores, log_max, log_emission), resample.shape[0], resample, generator)

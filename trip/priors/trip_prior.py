@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# At import time, not inside fit_marginals: importing sklearn.mixture draws from Python's `random`
+# (through rich), which would shift a resumed run's RNG stream at its first re-fit.
+from sklearn.mixture import GaussianMixture
+
 from trip.priors import tensor_ring as tr
 from trip.priors.base import Prior, _positive_int, gaussian_log_density
 from trip.priors.gmm import check_range, default_std
@@ -130,8 +134,6 @@ class TRIPPrior(Prior):
         (n, d), sets means and stds from the fits (sorted by mean) and redraws
         the cores with noise around the fitted mixture weights.
         """
-        from sklearn.mixture import GaussianMixture
-
         codes = self.check_codes(codes).detach().cpu().double().numpy()
         if codes.shape[0] < self.n_components:
             raise ValueError(
@@ -171,8 +173,11 @@ class TRIPPrior(Prior):
         log_emission = self.component_log_densities(z)
         if observed is not None:  # a summed-out dimension has emission 1 for every state
             log_emission = torch.where(observed[..., None], log_emission, 0.0)
+        # The normaliser is one more row (no evidence) of the same chain, not a second call.
+        log_emission = torch.cat([log_emission, log_emission.new_zeros(1, *log_emission.shape[1:])])
         cores, log_max = self._ring()
-        return tr.log_ring_value(cores, log_max, log_emission) - self.log_normalizer()
+        values = tr.log_ring_value(cores, log_max, log_emission)
+        return values[:-1] - values[-1]
 
     # -- sampling ----------------------------------------------------------------------
     def _draw_codes(self, states: Tensor, generator) -> Tensor:
@@ -182,11 +187,16 @@ class TRIPPrior(Prior):
         eps = torch.randn(states.shape, dtype=self.dtype, device=self.device, generator=generator)
         return mean.squeeze(-1) + std.squeeze(-1) * eps
 
-    def _sample(self, n: int, generator) -> Tensor:
-        cores, log_max = self._ring()
+    def _prior_plan(self) -> tr.SamplingPlan:
+        """The sampling plan of p(s) (no evidence), kept while the parameters are unchanged."""
+        return self.cached("prior_plan", self._build_prior_plan)
+
+    def _build_prior_plan(self) -> tr.SamplingPlan:
         no_evidence = torch.zeros(1, self.dim, self.n_components, dtype=self.dtype, device=self.device)
-        everything = torch.ones(n, self.dim, dtype=torch.bool, device=self.device)
-        states = tr.sample_states(cores, log_max, no_evidence, everything, generator)
+        return tr.sampling_plan(*self._ring(), no_evidence)
+
+    def _sample(self, n: int, generator) -> Tensor:
+        states = tr.draw_states(self._prior_plan(), n, generator=generator)
         return self._draw_codes(states, generator)
 
     def _sample_conditional(self, z: Tensor, resample: Tensor, generator) -> Tensor:
