@@ -154,11 +154,14 @@ def protocol_notes(protocol: dict, results: list[dict], table: str, paper: str |
                      f"{_fmt(get('fid_reference'))} reference images of the {_fmt(get('fid_split'))} split "
                      "(pytorch-fid's Inception).")
     if table == "table1" and get("iwae_k") is not None:
-        notes.append(f"ELBO and IWAE ELBO (k={_fmt(get('iwae_k'))}): nats per image, mean over "
-                     f"{_fmt(get('test_examples'))} test images.")
+        notes.append(f"ELBO and IWAE ELBO (k={_fmt(get('iwae_k'))}): nats per image of a discretised-Gaussian "
+                     f"likelihood, mean over {_fmt(get('test_examples'))} test images (bits per dimension in "
+                     "eval.json). The paper's ELBO rows are its code's unnormalised −Σ(x̂ − x)² averaged over "
+                     "channels: another scale, so only their order compares with ours.")
     if get("reversal_examples") is not None:
         notes.append(f"PAG: from generator reversal of {_fmt(get('reversal_examples'))} training images; "
-                     f"lower means the reversed codes sit closer to N(0, I).")
+                     f"lower means the reversed codes sit closer to N(0, I). It is measured against N(0, I) "
+                     "whatever the run's prior, so it is compared within a prior column only and never bold.")
     notes += [f"{key}: {_fmt(value)}." for key, value in protocol.items() if key not in KNOWN_PROTOCOL]
     if paper:
         notes.append(_paper_note(TABLES[table]["paper"], paper, _fmt(get("dataset"))))

@@ -127,7 +127,7 @@ METRICS = {
     "fid.value": Metric("fid", "FID", 2, False),
     "likelihood.elbo": Metric("elbo", "ELBO", 1, True, per_image="likelihood.elbo_values"),
     "likelihood.iwae": Metric("iwae", "IWAE ELBO", 1, True, per_image="likelihood.iwae_values"),
-    "reversal.pag": Metric("pag", "PAG", 1, False),  # lower: codes closer to the isotropic prior
+    "reversal.pag": Metric("pag", "PAG vs N(0,I)", 1, False),  # lower: codes closer to the isotropic prior
 }
 
 # (model, metric path), in row order.
@@ -451,7 +451,8 @@ class Row:
         """Column indices of the best mean as printed; empty when fewer than two cells can be compared."""
         means = {i: c.mean if self.source == "paper" else round(c.mean, self.info.precision)
                  for i, c in enumerate(self.cells) if c is not None and math.isfinite(c.mean)}
-        if len(means) < 2:
+        # PAG is measured against N(0, I) whatever the run's prior, so it never names a best prior (issue 11).
+        if len(means) < 2 or self.metric == "reversal.pag":
             return set()
         target = (max if self.info.higher_is_better else min)(means.values())
         return {i for i, m in means.items() if m == target}
