@@ -108,3 +108,63 @@ def test_wgan_gp_critic_loss_includes_penalty():
     assert stats["gp"] >= 0 and abs(loss.item() - (-stats["wasserstein"] + 10 * stats["gp"])) < 1e-4
     with pytest.raises(ValueError, match="variant"):
         WassersteinGAN(gen, _Tiny(12, 1), NormalPrior(4), variant="gan")
+
+
+# -- the codes of a training step are drawn at once (issue 13) ---------------------------
+class _CountingPrior(TRIPPrior):
+    """A TRIP prior that counts its sample calls and the codes they drew."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+
+    def _sample(self, n, generator):
+        self.calls.append(n)
+        return super()._sample(n, generator)
+
+
+def _gan_with_counting_prior(n_critic=3, learnable=True):
+    gen = nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)))
+    prior = _CountingPrior(4, 3, 2, learnable=learnable, generator=torch.Generator().manual_seed(0))
+    return WassersteinGAN(gen, _Tiny(12, 1), prior, variant="wgan_gp", n_critic=n_critic), prior
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_one_prior_draw_serves_every_batch_of_a_training_step(learnable):
+    gan, prior = _gan_with_counting_prior(n_critic=3, learnable=learnable)
+    used = []
+    original = gan.step_codes
+    gan.step_codes = lambda n, last=False: used.append(original(n, last)) or used[-1]
+    for _ in range(2):  # two training steps: critic x3, then the generator
+        for _ in range(3):
+            gan.critic_loss(torch.randn(8, 3, 2, 2))
+        gan.generator_and_prior_loss(8)
+        assert gan._pool is None  # emptied by the generator batch: nothing crosses a step
+    assert prior.calls == [32, 32]  # (n_critic + 1) * batch, once per step
+    step = torch.cat(used[:4])
+    assert len(torch.unique(step, dim=0)) == 32  # distinct draws, none handed out twice
+
+
+def test_codes_are_redrawn_when_the_prior_changes_mid_step():
+    gan, prior = _gan_with_counting_prior(n_critic=3)
+    gan.critic_loss(torch.randn(8, 3, 2, 2))
+    with torch.no_grad():
+        prior.loc.add_(0.5)  # any in-place update of the prior
+    gan.critic_loss(torch.randn(8, 3, 2, 2))
+    assert prior.calls == [32, 32]
+    gan.generator_and_prior_loss(8)  # the fresh pool still serves the generator batch
+    assert prior.calls == [32, 32]
+
+
+def test_sample_and_codes_draw_fresh_codes_outside_the_pool():
+    gan, prior = _gan_with_counting_prior(n_critic=3)
+    gan.critic_loss(torch.randn(8, 3, 2, 2))
+    pool = gan._pool
+    assert gan.sample(5).shape == (5, 3, 2, 2) and gan.codes(6).shape == (6, 4)
+    assert gan._pool is pool and prior.calls == [32, 5, 6]
+
+
+def test_n_critic_is_validated():
+    gen = nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)))
+    with pytest.raises(ValueError, match="n_critic"):
+        WassersteinGAN(gen, _Tiny(12, 1), NormalPrior(4), n_critic=-1)

@@ -45,8 +45,7 @@ def split_log_cores(log_cores: Tensor) -> tuple[Tensor, Tensor]:
     slice) and ``log_max`` of shape (L, N), so that
     ``exp(log_cores) == cores * exp(log_max)[..., None, None]``.
     """
-    log_max = log_cores.detach().amax(dim=(-2, -1))
-    log_max = torch.where(torch.isfinite(log_max), log_max, torch.zeros_like(log_max))
+    log_max = torch.nan_to_num(log_cores.detach().amax(dim=(-2, -1)), nan=0.0, posinf=0.0, neginf=0.0)
     return torch.exp(log_cores - log_max[..., None, None]), log_max
 
 
@@ -145,16 +144,39 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
-def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None):
-    """Pairwise products of ``mats`` (L, b, m, m), stored in tree order, each rescaled by its max.
+# A level's products are left as they are when every one has an entry sum in [1, 2^40]:
+# the next products then have entries <= m 2^80 (no overflow) and at least the magnitude
+# they would have from inputs normalised to sum 1 (no new underflow). Otherwise (and on
+# GPUs, where the check would wait for the device, and on small levels, where the check
+# costs more than it saves) each product is multiplied by m^2 / (its entry sum).
+_KEEP_RANGE = (1.0, 2.0**40)
+_CHECK_ELEMENTS = 1 << 18
+_WIDE = (torch.float32, torch.float64)  # dtypes with room for entries up to 2^80 and 2^-119 rescaling
+
+
+def _normalise(prod: Tensor, rows: int, m: int) -> Tensor | None:
+    """Rescale the level ``prod`` (L_r, rows, m, m) in place; the factors (L_r, rows), or None if kept."""
+    sums = prod.view(-1, rows, m * m).sum(dim=-1)
+    if prod.device.type == "cpu" and prod.numel() >= _CHECK_ELEMENTS and prod.dtype in _WIDE:
+        low, high = torch.aminmax(sums)
+        if _KEEP_RANGE[0] <= low.item() and high.item() <= _KEEP_RANGE[1]:
+            return None
+    target = float(m * m)
+    # A zero product (impossible evidence) stays zero with a finite factor: its log-trace is -inf.
+    factor = torch.div(target, sums.clamp_min_(target * torch.finfo(sums.dtype).tiny))
+    prod.mul_(factor[..., None, None])
+    return factor
+
+
+def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None, balanced: bool = False):
+    """Pairwise products of ``mats`` (L, b, m, m), stored in tree order, kept in range.
 
     Returns ``(levels, scales, trace)``: ``levels[0] is mats`` and ``levels[r]``
-    the normalised products of level r (kept only if ``keep``), ``scales[r]``
-    (L_r, b) the factors they were multiplied by, and ``trace`` (b,) the trace
-    of the last, single product.
+    the (rescaled) products of level r (kept only if ``keep``), ``scales[r]``
+    (L_r, b) the factors they were multiplied by (None: left as they were), and
+    ``trace`` (b,) the trace of the last, single product.
     """
     length, rows, m, _ = mats.shape
-    tiny = torch.finfo(mats.dtype).tiny
     levels, scales = [mats], []
     x = mats
     for r, carry in enumerate(tree_plan(length)[1]):
@@ -165,12 +187,7 @@ def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None)
             prod = torch.matmul(x[:half], x[half : 2 * half], out=workspace.get(r % 2, (half, rows, m, m), x))
         if carry is not None:
             prod[carry] = torch.matmul(prod[carry], x[2 * half])
-        # Rescaled by the reciprocal of its entry sum (a cheaper reduction than the max; the
-        # normalised entries are <= 1 with max >= 1/m^2). A zero product (impossible evidence)
-        # keeps its zeros: its log-trace is -inf either way.
-        inv = prod.view(half, rows, m * m).sum(dim=-1).clamp_min_(tiny).reciprocal_()
-        prod.mul_(inv[..., None, None])
-        scales.append(inv)
+        scales.append(None if balanced and r == 0 else _normalise(prod, rows, m))
         if keep:
             levels.append(prod)
         x = prod
@@ -178,33 +195,36 @@ def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None)
     return levels, scales, trace
 
 
-def _chain_total(trace: Tensor, scales: list[Tensor], log_scale: Tensor) -> Tensor:
-    if not scales:
+def _chain_total(trace: Tensor, scales: list[Tensor | None], log_scale: Tensor) -> Tensor:
+    factors = [f for f in scales if f is not None]
+    if not factors:
         return torch.log(trace) + log_scale.sum(0)
-    return (torch.log(trace) - torch.log(torch.cat(scales)).sum(0)) + log_scale.sum(0)
+    return (torch.log(trace) - torch.log(torch.cat(factors)).sum(0)) + log_scale.sum(0)
 
 
 class _TraceChain(torch.autograd.Function):
     """log Tr(prod_k mats[k]) + sum log_scale, with the products' backward written by hand.
 
-    Per product P = (L R) c (c a detached constant): dL = (G c) R^T and
+    Per product P = (L R) c (c a detached constant, or 1): dL = (G c) R^T and
     dR = L^T (G c), written straight into one gradient buffer per level;
-    autograd would add a split backward (a full copy) and a division node per
+    autograd would add a split backward (a full copy) and a scaling node per
     level. The offsets are constants (detached) as in the forward-only path.
     """
 
     @staticmethod
-    def forward(ctx, mats: Tensor, log_scale: Tensor) -> Tensor:
-        levels, scales, trace = _tree_forward(mats, keep=True)
-        ctx.save_for_backward(*levels, *scales, trace)
-        ctx.depth = len(scales)
+    def forward(ctx, mats: Tensor, log_scale: Tensor, balanced: bool = False) -> Tensor:
+        levels, scales, trace = _tree_forward(mats, keep=True, balanced=balanced)
+        kept = [f for f in scales if f is not None]
+        ctx.save_for_backward(*levels, *kept, trace)
+        ctx.scaled = [f is not None for f in scales]
         return _chain_total(trace, scales, log_scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         saved = ctx.saved_tensors
-        depth = ctx.depth
-        levels, scales, trace = saved[: depth + 1], saved[depth + 1 : 2 * depth + 1], saved[-1]
+        depth, scaled = len(ctx.scaled), ctx.scaled
+        levels, factors, trace = saved[: depth + 1], iter(saved[depth + 1 : -1]), saved[-1]
+        scales = [next(factors) if s else None for s in scaled]
         grad_mats = None
         if ctx.needs_input_grad[0]:
             m = levels[0].shape[-1]
@@ -215,7 +235,7 @@ class _TraceChain(torch.autograd.Function):
                 x, carry = levels[r], carries[r]
                 half = x.shape[0] // 2
                 left, right = x[:half], x[half : 2 * half]
-                h = g.mul_(scales[r][..., None, None])
+                h = g if scales[r] is None else g.mul_(scales[r][..., None, None])
                 gx = torch.empty_like(x)
                 if carry is not None:  # P[carry] = (left[c] right[c]) x[2 half] c
                     rest = x[2 * half]
@@ -226,14 +246,20 @@ class _TraceChain(torch.autograd.Function):
                 g = gx
             grad_mats = g
         grad_scale = grad[None].expand(levels[0].shape[0], -1) if ctx.needs_input_grad[1] else None
-        return grad_mats, grad_scale
+        return grad_mats, grad_scale, None
 
 
-def _chain_value(mats: Tensor, log_scale: Tensor, workspace: _Workspace | None = None) -> Tensor:
-    """log Tr of the tree-ordered chain ``mats`` (L, b, m, m) plus the summed log-scales: (b,)."""
+def _chain_value(
+    mats: Tensor, log_scale: Tensor, workspace: _Workspace | None = None, balanced: bool = False
+) -> Tensor:
+    """log Tr of the tree-ordered chain ``mats`` (L, b, m, m) plus the summed log-scales: (b,).
+
+    ``balanced``: the first-level products are known to have entry sums in range
+    (:func:`_balance_first_level`) and are not rescaled.
+    """
     if torch.is_grad_enabled() and (mats.requires_grad or log_scale.requires_grad):
-        return _TraceChain.apply(mats, log_scale)
-    _, scales, trace = _tree_forward(mats, keep=False, workspace=workspace)
+        return _TraceChain.apply(mats, log_scale, balanced)
+    _, scales, trace = _tree_forward(mats, keep=False, workspace=workspace, balanced=balanced)
     return _chain_total(trace, scales, log_scale)
 
 
@@ -260,7 +286,7 @@ def log_trace_chain(mats: Tensor, log_scale: Tensor, in_tree_order: bool = False
     return _chain_value(mats, log_scale)
 
 
-CPU_CHUNK_ELEMENTS = 3 << 20  # ~12 MiB of float32 weighted cores per chunk (measured best)
+CPU_CHUNK_ELEMENTS = 8 << 20  # ~32 MiB of float32 weighted cores per chunk (measured best, 1-2 threads)
 
 
 def _chunk_rows(length: int, m: int, device: torch.device, total: int) -> int:
@@ -276,11 +302,43 @@ def _ring_inputs(cores: Tensor, log_max: Tensor) -> tuple[Tensor, Tensor, Tensor
     return cores.index_select(0, index).reshape(length, n_states, m * m), log_max.index_select(0, index), index
 
 
+def _balance_first_level(cores: Tensor, w: Tensor, log_scale: Tensor, m: int):
+    """Scale the weights so that every first-level product has an entry sum within sqrt(2) of m^2.
+
+    The entry sum of A_l A_r (l, r a first-level pair) is colsum(A_l) . rowsum(A_r)
+    = w_l^T G w_r with G[s, t] = colsum(Q_l[s]) . rowsum(Q_r[t]), an N x N matrix:
+    O(B N^2) per pair instead of a pass over the (B, m, m) products. The left
+    weights are multiplied by a power of two (exact) and the offsets take its log,
+    so the first level needs neither a sum nor a rescaling pass. Returns
+    ``(w, log_scale, balanced)``; rings whose first level has an odd carry, small
+    problems and narrow dtypes are returned unchanged (``balanced`` False).
+    """
+    length, n_states, _ = cores.shape
+    half = length // 2
+    if length < 2 or length % 2 or half * w.shape[1] * m * m < _CHECK_ELEMENTS or w.dtype not in _WIDE:
+        return w, log_scale, False  # odd carry, or too small for the pass it saves to matter
+    q = cores.detach().view(length, n_states, m, m)
+    gram = torch.bmm(q[:half].sum(-2), q[half:].sum(-1).mT)  # (half, N, N)
+    wd = w.detach()
+    sums = (torch.bmm(wd[:half], gram) * wd[half:]).sum(-1)  # (half, B)
+    info = torch.finfo(w.dtype)
+    cap = math.floor(math.log2(info.max)) - 8  # w 2^k stays finite; a zero product stays zero
+    exponent = torch.log2(float(m * m) / sums.clamp_min(info.tiny)).round_().clamp_(-cap, cap)
+    factor = torch.exp2(exponent)
+    shift = torch.cat([exponent * math.log(2.0), exponent.new_zeros(length - half, exponent.shape[1])])
+    if w.requires_grad:
+        w = torch.cat([w[:half] * factor[..., None], w[half:]])
+    else:
+        w[:half].mul_(factor[..., None])
+    return w, log_scale - shift, True
+
+
 def _values(cores: Tensor, w: Tensor, log_scale: Tensor, m: int, rows: int) -> Tensor:
     """Chain values of the batch columns of ``w`` (L, B, N) with ``cores`` (L, N, m*m), ``rows`` at a time."""
     length, batch, _ = w.shape
     grad = torch.is_grad_enabled() and (w.requires_grad or cores.requires_grad)
     workspace = None if grad else _Workspace()
+    w, log_scale, balanced = _balance_first_level(cores, w, log_scale, m)
     out = []
     for start in range(0, batch, rows):
         stop = min(start + rows, batch)
@@ -289,7 +347,8 @@ def _values(cores: Tensor, w: Tensor, log_scale: Tensor, m: int, rows: int) -> T
             mats = torch.bmm(wc, cores)
         else:
             mats = torch.bmm(wc, cores, out=workspace.get(2, (length, stop - start, m * m), w))
-        out.append(_chain_value(mats.view(length, stop - start, m, m), log_scale[:, start:stop], workspace))
+        mats = mats.view(length, stop - start, m, m)
+        out.append(_chain_value(mats, log_scale[:, start:stop], workspace, balanced))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
@@ -351,8 +410,11 @@ def log_ring_ratio(cores: Tensor, log_max: Tensor, log_emission: Tensor, log_emi
 # its two bonds. The suffix products do not depend on the draws (nor, for shared
 # evidence, on the batch: the plan is then computed once and can be cached), all
 # the noise is drawn in one call and every choice is a Gumbel-max argmax, so a
-# call makes no host synchronisation. The bond chain is the only loop: O(1)
-# small ops per position.
+# call makes no host synchronisation. The bond chain is sequential in k, but with
+# the noise fixed each step is a map a -> b_{k+1} of the previous bond: GPUs compose
+# those maps by a doubling scan (log2 L launches, O(L m^2) work per draw), CPUs
+# walk the chain (three small ops per position, O(L m) work per draw). Both give
+# the same draws for the same noise.
 class SamplingPlan(NamedTuple):
     """What :func:`draw_states` needs from the ring and its evidence, independent of the draws.
 
@@ -360,25 +422,20 @@ class SamplingPlan(NamedTuple):
     """
 
     log_first: Tensor  # (rows, m): log p(b_0) up to a constant
-    log_rows: Tensor  # (L - 1, rows * m, m): log A_k[a, :], row a of batch row r at r * m + a
-    log_suffix: Tensor  # (L - 1, rows, m, m): log S_{k+1}, columns scaled to max 1
-    log_slices: Tensor  # (L, m * m, N): log Q_k[s][a, c] + log_max[k, s] at a * m + c
+    log_rows: Tensor  # (L - 1, rows, m, m): log A_k (up to a constant per matrix)
+    log_suffix: Tensor  # (L - 1, rows, m, m): log S_{k+1}, each column up to a constant
+    log_slices: Tensor  # (L * m * m, N): log Q_k[s][a, c] + log_max[k, s] at (k * m + a) * m + c
     log_emission: Tensor  # (rows, L, N)
 
 
-@torch.no_grad()
-def sampling_plan(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> SamplingPlan:
-    """Precompute exact sampling from p(s | evidence) for the ring ``cores`` (L, N, m, m).
+def _suffixes_loop(mats: Tensor) -> tuple[Tensor, Tensor]:
+    """S_k = mats[k] @ ... @ mats[L-1] for k = 0..L (S_L = I), every column scaled to max 1.
 
-    ``log_emission`` (rows, L, N): the evidence, one row shared by every draw or
-    one per draw. Cost: L products of (rows, m, m) matrices.
+    Column j of S_k is the backward message of b_0 = j, all the bond draws need;
+    column scaling commutes with multiplying on the left. Returns the suffixes
+    (L+1, rows, m, m) and the log column scales of S_0 (rows, m).
     """
-    length, n_states, m, _ = cores.shape
-    rows = log_emission.shape[0]
-    mats, _ = weighted_cores(cores, log_max, log_emission)  # (L, rows, m, m)
-    # Suffix products with every *column* scaled to max 1: column j of S_k is the
-    # backward message of b_0 = j, which is all the bond draws need; column
-    # scaling commutes with multiplying on the left.
+    length, rows, m, _ = mats.shape
     suffix = mats.new_empty(length + 1, rows, m, m)
     suffix[length] = torch.eye(m, dtype=mats.dtype, device=mats.device)
     tiny = torch.finfo(mats.dtype).tiny
@@ -388,15 +445,88 @@ def sampling_plan(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> Sampl
         scale = prod.amax(dim=-2, keepdim=True).clamp_min_(tiny)
         prod.div_(scale)
         log_col += scale.log()
-    first = torch.diagonal(suffix[0], dim1=-2, dim2=-1).log() + log_col[:, 0]
-    log_rows = mats[: length - 1].log().reshape(length - 1, rows * m, m)
-    slices = (cores.log() + log_max[..., None, None]).permute(0, 2, 3, 1).reshape(length, m * m, n_states)
-    return SamplingPlan(first, log_rows, suffix[1:length].log(), slices, log_emission)
+    return suffix, log_col[:, 0]
+
+
+def _suffixes_scan(mats: Tensor) -> Tensor:
+    """S_k = mats[k] @ ... @ mats[L-1] for k = 0..L-1, each scaled to entry sum 1, by a doubling scan.
+
+    log2 L batched products instead of L sequential ones (L log L matrix
+    products in all): for shared evidence, where the matrices are few and the
+    loop's cost is its length.
+    """
+    length, rows, m, _ = mats.shape
+    tiny = torch.finfo(mats.dtype).tiny
+    x = mats / mats.sum(dim=(-2, -1), keepdim=True).clamp_min_(tiny)
+    step = 1
+    while step < length:
+        prod = torch.matmul(x[: length - step], x[step:])
+        prod.div_(prod.sum(dim=(-2, -1), keepdim=True).clamp_min_(tiny))
+        x = torch.cat([prod, x[length - step :]])
+        step *= 2
+    return x
+
+
+@torch.no_grad()
+def sampling_plan(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> SamplingPlan:
+    """Precompute exact sampling from p(s | evidence) for the ring ``cores`` (L, N, m, m).
+
+    ``log_emission`` (rows, L, N): the evidence, one row shared by every draw or
+    one per draw. Cost: L products of (rows, m, m) matrices (L log2 L for shared
+    evidence, in log2 L batched steps).
+    """
+    length, n_states, m, _ = cores.shape
+    rows = log_emission.shape[0]
+    mats, _ = weighted_cores(cores, log_max, log_emission)  # (L, rows, m, m)
+    if rows == 1:
+        suffix = _suffixes_scan(mats)
+        first = torch.diagonal(suffix[0], dim1=-2, dim2=-1).log()
+        tail = suffix[1:]
+        tail = tail / tail.amax(dim=-2, keepdim=True).clamp_min_(torch.finfo(mats.dtype).tiny)
+    else:
+        suffix, log_col = _suffixes_loop(mats)
+        first = torch.diagonal(suffix[0], dim1=-2, dim2=-1).log() + log_col
+        tail = suffix[1:length]
+    slices = (cores.log() + log_max[..., None, None]).permute(0, 2, 3, 1).reshape(length * m * m, n_states)
+    return SamplingPlan(first, mats[: length - 1].log(), tail.log(), slices, log_emission)
 
 
 def _gumbel(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     return u.log_().neg_().log_().neg_()  # -log(-log u); u = 0 gives -inf, never chosen
+
+
+SCAN_ELEMENTS = 1 << 28  # GPUs compose the bond maps (L, B, m, m) by a scan up to this size
+
+
+def _bond_chain(log_rows: Tensor, tail: Tensor, first: Tensor, scan: bool | None = None) -> Tensor:
+    """Bonds b_1..b_{L-1} (L - 1, B): b_{k+1} = argmax_j log_rows[k, b_k, j] + tail[k, :, j].
+
+    ``log_rows`` (L - 1, rows, m, m), rows 1 or B; ``tail`` (L - 1, B, m); ``first`` = b_0 (B,).
+    ``scan``: compose the per-step maps (default: on GPUs, up to :data:`SCAN_ELEMENTS`)
+    or walk the chain (default on CPU: argmax over m^2 candidates per (k, b) costs
+    more there than the 3 small ops per position it saves).
+    """
+    steps, rows, m, _ = log_rows.shape
+    batch = tail.shape[1]
+    if scan is None:
+        scan = tail.device.type != "cpu" and steps * batch * m * m <= SCAN_ELEMENTS
+    if scan:
+        # maps[k, b, a]: the next bond from a; composed by doubling so that maps[k] = b_0 -> b_{k+1}
+        maps = (log_rows + tail[:, :, None, :]).argmax(dim=-1)  # (L - 1, B, m)
+        step = 1
+        while step < steps:
+            maps = torch.cat([maps[:step], torch.gather(maps[step:], 2, maps[: steps - step])])
+            step *= 2
+        return torch.gather(maps, 2, first[None, :, None].expand(steps, batch, 1))[..., 0]
+    flat = log_rows.reshape(steps, rows * m, m)
+    offset = torch.arange(batch, device=first.device) * m if rows > 1 else None
+    bond, bonds = first, []
+    for k in range(steps):
+        index = bond if offset is None else offset + bond
+        bond = (flat[k].index_select(0, index) + tail[k]).argmax(-1)
+        bonds.append(bond)
+    return torch.stack(bonds)
 
 
 @torch.no_grad()
@@ -420,24 +550,22 @@ def draw_states(
         raise ValueError(f"the plan has {rows} evidence rows, cannot draw a batch of {batch}")
     noise = _gumbel((batch, m * length + n_states * length), plan.log_first, generator)
     g_first, g_bonds, g_states = noise.split([m, m * (length - 1), n_states * length], dim=1)
-    bond = (plan.log_first + g_first).argmax(-1)  # b_0: (batch,)
-    bonds = [bond]
+    first = (plan.log_first + g_first).argmax(-1)  # b_0: (batch,)
     if length > 1:
-        # tail[k, b, :] = log S_{k+1}[:, b_0] + noise: all that the bond loop adds to a row of A_k
-        own = torch.arange(batch, device=bond.device) if rows > 1 else torch.zeros_like(bond)
-        tail = plan.log_suffix[:, own, :, bond] + g_bonds.view(batch, length - 1, m)  # (batch, L - 1, m)
-        tail = tail.transpose(0, 1).contiguous()
-        offset = own * m
-        for k in range(length - 1):
-            bond = (plan.log_rows[k].index_select(0, offset + bond) + tail[k]).argmax(-1)
-            bonds.append(bond)
-        bonds.append(bonds[0])
-        edge = torch.stack(bonds[:-1], dim=1) * m + torch.stack(bonds[1:], dim=1)  # (batch, L)
+        # tail[k, b, :] = log S_{k+1}[:, b_0] + noise: what a step adds to a row of log A_k
+        if rows == 1:
+            tail = plan.log_suffix[:, 0].index_select(2, first).transpose(1, 2)  # (L - 1, batch, m)
+        else:
+            tail = plan.log_suffix[:, torch.arange(batch, device=first.device), :, first]  # (batch, L - 1, m)
+            tail = tail.transpose(0, 1)
+        tail = tail + g_bonds.view(batch, length - 1, m).transpose(0, 1)
+        bonds = torch.cat([first[None], _bond_chain(plan.log_rows, tail, first), first[None]])  # (L + 1, batch)
+        edge = bonds[:-1] * m + bonds[1:]  # (L, batch)
     else:
-        edge = (bond * (m + 1))[:, None]
-    position = torch.arange(length, device=edge.device)
-    logits = plan.log_slices[position, edge] + plan.log_emission  # (batch, L, N)
-    states = (logits + g_states.view(batch, length, n_states)).argmax(-1)
+        edge = (first * (m + 1))[None]
+    edge = edge + (torch.arange(length, device=edge.device) * (m * m))[:, None]
+    logits = plan.log_slices.index_select(0, edge.T.reshape(-1)).view(batch, length, n_states)
+    states = (logits.add_(plan.log_emission) + g_states.view(batch, length, n_states)).argmax(-1)
     return states if resample is None else torch.where(resample, states, 0)
 
 
