@@ -84,7 +84,8 @@ def baseline_log_prob(prior: TRIPPrior, z: torch.Tensor, eps: float = 1e-10) -> 
     return log_p + torch.log(trace / torch.trace(norm))
 
 
-def bench_shape(shape, device, dtype, batch: int, repeats: int) -> dict:
+def _workload(shape, device, dtype, batch: int):
+    """A seeded prior and codes, with its log_prob forward and forward+backward as callables."""
     d, n, m = shape
     g = torch.Generator().manual_seed(0)
     prior = TRIPPrior(d, n, m, generator=g).to(device=device, dtype=dtype)
@@ -96,8 +97,13 @@ def bench_shape(shape, device, dtype, batch: int, repeats: int) -> dict:
 
     def forward_backward(log_prob=prior.log_prob):
         prior.zero_grad(set_to_none=True)
-        zz = z.clone().requires_grad_()
-        log_prob(zz).sum().backward()
+        log_prob(z.clone().requires_grad_()).sum().backward()
+
+    return prior, z, forward, forward_backward
+
+
+def bench_shape(shape, device, dtype, batch: int, repeats: int) -> dict:
+    prior, z, forward, forward_backward = _workload(shape, device, dtype, batch)
 
     def baseline_forward():
         with torch.no_grad():
@@ -144,7 +150,8 @@ def _summary(device: str, rows: list[dict]) -> dict:
     if ratios:
         geomean = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
         cells = ", ".join(f"{k}: {v:.2f}x" for k, v in ratios.items())
-        print(f"{device} log_prob vs baseline | {cells} | geometric mean {geomean:.2f}x, min {min(ratios.values()):.2f}x")
+        low = min(ratios.values())
+        print(f"{device} log_prob vs baseline | {cells} | geometric mean {geomean:.2f}x, min {low:.2f}x")
         return {"ratios": ratios, "geometric_mean": geomean}
     return {}
 
@@ -156,18 +163,7 @@ def profile_log_prob(device: torch.device, dtype, batch: int, shapes=RATIO_SHAPE
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for d, n, m in shapes:
-        g = torch.Generator().manual_seed(0)
-        prior = TRIPPrior(d, n, m, generator=g).to(device=device, dtype=dtype)
-        z = torch.randn(batch, d, generator=g).to(device=device, dtype=dtype)
-
-        def forward():
-            with torch.no_grad():
-                prior.log_prob(z)
-
-        def forward_backward():
-            prior.zero_grad(set_to_none=True)
-            prior.log_prob(z.clone().requires_grad_()).sum().backward()
-
+        _, _, forward, forward_backward = _workload((d, n, m), device, dtype, batch)
         for name, fn in (("forward", forward), ("forward+backward", forward_backward)):
             fn(), fn()
             with profile(activities=activities) as prof:

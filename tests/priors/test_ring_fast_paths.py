@@ -82,7 +82,8 @@ def _ring_cases():
     cores = torch.rand(7, 3, 2, 2, generator=g, dtype=torch.float64)
     cores[2, 1] = 0.0
     cores[4, :, 0, 1] = 0.0
-    zeros = TRIPPrior.from_parameters(cores, torch.randn(7, 3, dtype=torch.float64), torch.ones(7, 3, dtype=torch.float64))
+    means, stds = torch.randn(7, 3, dtype=torch.float64), torch.ones(7, 3, dtype=torch.float64)
+    zeros = TRIPPrior.from_parameters(cores, means, stds)
     out = []
     for name, prior in (("generic", generic), ("wide", wide), ("zeros", zeros)):
         z = torch.randn(40, prior.dim, generator=g, dtype=torch.float64) * 2
@@ -124,20 +125,25 @@ def test_float32_with_forced_checks_tracks_float64_far_away(monkeypatch):
     torch.testing.assert_close(approx, exact, rtol=2e-6, atol=1e-2)
 
 
-def test_chunks_workspaces_and_autograd_agree(monkeypatch):
+@pytest.mark.parametrize("dim", [10, 7])  # 7: an odd carry on the first level
+def test_chunks_fused_first_level_workspaces_and_autograd_agree(monkeypatch, dim):
     g = torch.Generator().manual_seed(2)
-    prior = TRIPPrior(10, 5, 4, generator=g)
-    z = torch.randn(300, 10, generator=g)
+    prior = TRIPPrior(dim, 5, 4, generator=g)
+    z = torch.randn(300, dim, generator=g)
+    z[:3] *= 100
     with torch.no_grad():
         whole = prior.log_prob(z)
-    monkeypatch.setattr(tr, "CPU_CHUNK_ELEMENTS", 10 * 16 * 7)  # 7 rows per chunk
-    with torch.no_grad():
+        monkeypatch.setattr(tr, "CPU_FUSE_FIRST_LEVEL", False)
+        unfused = prior.log_prob(z)
+        monkeypatch.setattr(tr, "CPU_FUSE_FIRST_LEVEL", True)
+        monkeypatch.setattr(tr, "CPU_CHUNK_ELEMENTS", dim * 16 * 7)  # 7 rows per chunk
+        monkeypatch.setattr(tr, "CPU_GROUP_ELEMENTS", 1)  # one first-level pair at a time
         chunked = prior.log_prob(z)
     zz = z.clone().requires_grad_()
     with_grad = prior.log_prob(zz)
     with_grad.sum().backward()
-    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(with_grad.detach(), whole, rtol=1e-6, atol=1e-5)
+    for other in (unfused, chunked, with_grad.detach()):
+        torch.testing.assert_close(other, whole, rtol=1e-6, atol=1e-4)
     assert torch.isfinite(zz.grad).all() and torch.isfinite(prior.log_cores.grad).all()
 
 
@@ -274,7 +280,8 @@ def test_joint_prior_cached_plan_and_fresh_conditional_plans():
     z, y = prior.sample_joint(200, generator=torch.Generator().manual_seed(0))
     assert z.shape == (200, 3) and y.shape == (200, 2)
     assert (y[:, 0] < 2).all() and (y[:, 1] < 3).all()
-    given = prior.sample_given_attributes(torch.tensor([[1, 2]]).expand(50, 2), generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([[1, 2]]).expand(50, 2)
+    given = prior.sample_given_attributes(y, generator=torch.Generator().manual_seed(1))
     assert given.shape == (50, 3) and torch.isfinite(given).all()
 
 

@@ -69,6 +69,7 @@ def _build_gan(cfg, channels: int, variant: str) -> nn.Module:
         variant=variant,
         clip=cfg.train.clip,
         gp_weight=cfg.train.gp_weight,
+        n_critic=cfg.train.n_critic,  # sizes the per-step draw of codes (critic batches + generator batch)
     )
 
 

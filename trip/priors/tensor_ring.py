@@ -16,16 +16,31 @@ Why this is exact in float32: cores are stored as logs. Each slice Q_k[s] is
 divided by its own max entry and that log-max joins the emission log-weight;
 the largest log-weight per position is pulled out as an offset, so every
 weighted core has a max entry >= 1 and no term underflows to zero because a
-code is far from the components. Products of non-negative matrices have no
-cancellation, and each pairwise product is rescaled by its entry sum with the
-log accumulated. All offsets are detached: the identity holds for any constant,
-so gradients are exact and cheaper.
+code is far from the components (weights below 1e-37 of the largest are
+flushed to exact zeros: exp is 15x slower on subnormal results). Products of
+non-negative matrices have no cancellation; a level of pairwise products is
+rescaled by entry sums, or left as it is when every sum is in [1, 2^40] (then
+the next products can neither overflow nor underflow more than rescaled ones
+would), with the logs accumulated. All offsets are detached: the identity holds
+for any constant, so gradients are exact and cheaper.
 
-Speed (see the README's benchmark section): the chain of products is one
-autograd node (:class:`_TraceChain`) with a hand-written backward -- the same
-two matmuls per product autograd would run, written straight into one gradient
-buffer per tree level instead of through split/cat/div nodes -- and, without
-autograd, its products go to workspaces reused across batch chunks.
+Speed (issue 13; the README's benchmark section has the profiles): the chain
+is bound by batched m x m matmuls (80-88% of a forward), so the rest is kept
+off it:
+
+* the chain of products is one autograd node (:class:`_TraceChain`) with a
+  hand-written backward -- the same two matmuls per product autograd would run,
+  written straight into one gradient buffer per tree level instead of through
+  split/cat/scale nodes;
+* the first level's entry sums are known in closed form from the weights
+  (:func:`_balance_first_level`), so it needs no sum or rescaling pass, and
+  later levels are rescaled only when their sums leave the safe range;
+* without autograd on CPU, the weighted cores are formed a few pairs at a time
+  and multiplied at once (:func:`_fused_first_level`) so they never leave the
+  cache, and every level writes into workspaces reused across batch chunks;
+* emissions are built position-major in tree order from small per-position
+  tensors (:func:`log_ring_value_tree`), and the normaliser is one more row of
+  the same chain.
 """
 
 from __future__ import annotations
@@ -60,7 +75,11 @@ def _emission_weights(log_max: Tensor, log_emission_t: Tensor) -> tuple[Tensor, 
         ``(w, offset)``: (L, B, N) contiguous weights with max 1 per (k, b), and
         (L, B) offsets.
     """
-    log_w = log_emission_t + log_max[:, None, :]
+    return _exp_with_offset(log_emission_t + log_max[:, None, :])
+
+
+def _exp_with_offset(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """exp(log_w - offset) with offset = the detached max over the last dim: weights (..., N) and offsets (...)."""
     offset = log_w.detach().amax(dim=-1)
     # Weights below e times the smallest normal number are flushed to exactly 0 (what
     # they are, relative to the max weight 1, to 1e-37): exp with denormal results is
@@ -123,8 +142,12 @@ def cached_index(values: tuple[int, ...], device: torch.device) -> Tensor:
     return index
 
 
-def _tree_index(length: int, device: torch.device) -> Tensor:
+def tree_index(length: int, device: torch.device) -> Tensor:
+    """The ring positions in :func:`tree_plan` memory order, as a cached long tensor."""
     return cached_index(tree_plan(length)[0], device)
+
+
+_tree_index = tree_index
 
 
 # -- the chain of products --------------------------------------------------------------
@@ -168,18 +191,25 @@ def _normalise(prod: Tensor, rows: int, m: int) -> Tensor | None:
     return factor
 
 
-def _tree_forward(mats: Tensor, keep: bool, workspace: _Workspace | None = None, balanced: bool = False):
+def _tree_forward(
+    mats: Tensor,
+    keep: bool,
+    workspace: _Workspace | None = None,
+    balanced: bool = False,
+    carries: tuple[int | None, ...] | None = None,
+):
     """Pairwise products of ``mats`` (L, b, m, m), stored in tree order, kept in range.
 
     Returns ``(levels, scales, trace)``: ``levels[0] is mats`` and ``levels[r]``
     the (rescaled) products of level r (kept only if ``keep``), ``scales[r]``
     (L_r, b) the factors they were multiplied by (None: left as they were), and
-    ``trace`` (b,) the trace of the last, single product.
+    ``trace`` (b,) the trace of the last, single product. ``carries``: the
+    levels' odd-carry slots when ``mats`` are a later level of a longer ring.
     """
     length, rows, m, _ = mats.shape
     levels, scales = [mats], []
     x = mats
-    for r, carry in enumerate(tree_plan(length)[1]):
+    for r, carry in enumerate(tree_plan(length)[1] if carries is None else carries):
         half = x.shape[0] // 2
         if workspace is None:
             prod = torch.matmul(x[:half], x[half : 2 * half])
@@ -333,22 +363,59 @@ def _balance_first_level(cores: Tensor, w: Tensor, log_scale: Tensor, m: int):
     return w, log_scale - shift, True
 
 
+CPU_FUSE_FIRST_LEVEL = True  # forward-only CPU path: first level fused with the weighted cores
+CPU_GROUP_ELEMENTS = 1 << 20  # weighted cores formed at a time by the fused first level (4 MiB float32)
+
+
+def _fused_first_level(cores: Tensor, w: Tensor, m: int, workspace: _Workspace) -> Tensor:
+    """First-level products (L // 2, b, m, m) of the chain of ``w`` (L, b, N), without all weighted cores at once.
+
+    Weighted cores are formed for a group of first-level pairs at a time and
+    multiplied at once, so they stay in cache instead of being written out for
+    the whole ring and read back (the forward-only CPU path). Odd carries are
+    multiplied in as in :func:`_tree_forward`; nothing is rescaled here.
+    """
+    length, rows, _ = w.shape
+    half = length // 2
+    carry = tree_plan(length)[1][0]
+    prod = workspace.get(3, (half, rows, m, m), w)
+    group = max(1, min(half, CPU_GROUP_ELEMENTS // (2 * rows * m * m)))
+    for j in range(0, half, group):
+        k = min(j + group, half)
+        shape = (k - j, rows, m * m)
+        left = torch.bmm(w[j:k], cores[j:k], out=workspace.get(4, shape, w))
+        right = torch.bmm(w[half + j : half + k], cores[half + j : half + k], out=workspace.get(5, shape, w))
+        torch.matmul(left.view(k - j, rows, m, m), right.view(k - j, rows, m, m), out=prod[j:k])
+    if carry is not None:
+        rest = torch.bmm(w[2 * half :], cores[2 * half :]).view(rows, m, m)
+        prod[carry] = torch.matmul(prod[carry], rest)
+    return prod
+
+
 def _values(cores: Tensor, w: Tensor, log_scale: Tensor, m: int, rows: int) -> Tensor:
     """Chain values of the batch columns of ``w`` (L, B, N) with ``cores`` (L, N, m*m), ``rows`` at a time."""
     length, batch, _ = w.shape
     grad = torch.is_grad_enabled() and (w.requires_grad or cores.requires_grad)
     workspace = None if grad else _Workspace()
     w, log_scale, balanced = _balance_first_level(cores, w, log_scale, m)
+    fuse = CPU_FUSE_FIRST_LEVEL and workspace is not None and w.device.type == "cpu" and length >= 2
     out = []
     for start in range(0, batch, rows):
         stop = min(start + rows, batch)
-        wc = w[:, start:stop]
+        wc, scale = w[:, start:stop], log_scale[:, start:stop]
+        if fuse:
+            first = _fused_first_level(cores, wc, m, workspace)
+            factor = None if balanced else _normalise(first, stop - start, m)
+            later = tree_plan(length)[1][1:]
+            _, scales, trace = _tree_forward(first, keep=False, workspace=workspace, carries=later)
+            out.append(_chain_total(trace, [factor, *scales], scale))
+            continue
         if workspace is None:
             mats = torch.bmm(wc, cores)
         else:
             mats = torch.bmm(wc, cores, out=workspace.get(2, (length, stop - start, m * m), w))
         mats = mats.view(length, stop - start, m, m)
-        out.append(_chain_value(mats, log_scale[:, start:stop], workspace, balanced))
+        out.append(_chain_value(mats, scale, workspace, balanced))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
@@ -362,6 +429,21 @@ def log_ring_value(cores: Tensor, log_max: Tensor, log_emission: Tensor) -> Tens
     length, _, m, _ = cores.shape
     cores, log_max, index = _ring_inputs(cores, log_max)
     w, offset = _emission_weights(log_max, log_emission.transpose(0, 1).index_select(0, index))
+    return _values(cores, w, offset, m, _chunk_rows(length, m, cores.device, w.shape[1]))
+
+
+def log_ring_value_tree(cores: Tensor, log_weights_t: Tensor) -> Tensor:
+    """:func:`log_ring_value` from log-weights already laid out as the chain wants them: (R,).
+
+    ``log_weights_t`` (L, R, N) holds e_k[s] + log_max[k, s] (``log_max`` from
+    :func:`split_log_cores`) position-major, positions in :func:`tree_index` order;
+    a caller that builds its emissions from small per-position tensors (the TRIP
+    prior's Gaussians) saves the permutation, transposition and addition passes
+    over the big (R, L, N) tensor.
+    """
+    length, _, m, _ = cores.shape
+    cores = cores.index_select(0, tree_index(length, cores.device)).reshape(length, cores.shape[1], m * m)
+    w, offset = _exp_with_offset(log_weights_t)
     return _values(cores, w, offset, m, _chunk_rows(length, m, cores.device, w.shape[1]))
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from sklearn.mixture import GaussianMixture
 
 from trip.priors import tensor_ring as tr
-from trip.priors.base import Prior, _positive_int, gaussian_log_density
+from trip.priors.base import LOG_2PI, Prior, _positive_int, gaussian_log_density
 from trip.priors.gmm import check_range, default_std
 
 
@@ -170,14 +170,27 @@ class TRIPPrior(Prior):
         return tr.log_ring_value(cores, log_max, zeros)[0]
 
     def _log_prob(self, z: Tensor, observed: Tensor | None) -> Tensor:
-        log_emission = self.component_log_densities(z)
-        if observed is not None:  # a summed-out dimension has emission 1 for every state
-            log_emission = torch.where(observed[..., None], log_emission, 0.0)
-        # The normaliser is one more row (no evidence) of the same chain, not a second call.
-        log_emission = torch.cat([log_emission, log_emission.new_zeros(1, *log_emission.shape[1:])])
         cores, log_max = self._ring()
-        values = tr.log_ring_value(cores, log_max, log_emission)
+        values = tr.log_ring_value_tree(cores, self._tree_log_weights(z, observed, log_max))
         return values[:-1] - values[-1]
+
+    def _tree_log_weights(self, z: Tensor, observed: Tensor | None, log_max: Tensor) -> Tensor:
+        """log N(z_k | mu_ks, sigma_ks^2) + log_max[k, s], laid out for the chain: (d, B + 1, N).
+
+        Dimensions in :func:`~trip.priors.tensor_ring.tree_index` order, position-major,
+        built from the small (d, N) parameters, so the big tensor is written once.
+        A summed-out dimension has emission 0 (weight 1) for every state; the last
+        row has no evidence at all: the normaliser rides in the same chain.
+        """
+        index = tr.tree_index(self.dim, self.device)
+        loc, log_scale, log_max = (t.index_select(0, index) for t in (self.loc, self.log_scale, log_max))
+        z_t = z.T.index_select(0, index)[:, :, None]  # (d, B, 1)
+        u = (z_t - loc[:, None, :]) * torch.exp(-log_scale)[:, None, :]
+        const = (log_max - log_scale - 0.5 * LOG_2PI)[:, None, :]
+        log_w = torch.addcmul(const, u, u, value=-0.5)
+        if observed is not None:
+            log_w = torch.where(observed.T.index_select(0, index)[..., None], log_w, log_max[:, None, :])
+        return torch.cat([log_w, log_max[:, None, :]], dim=1)
 
     # -- sampling ----------------------------------------------------------------------
     def _draw_codes(self, states: Tensor, generator) -> Tensor:
