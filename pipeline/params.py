@@ -10,26 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from pipeline.ray_runner import ComputeConfig
-from trip.config import ConfigError, RunConfig, build_dataclass
+from pipeline.ray_runner import ComputeConfig, check_ray_device
+from pipeline.tracking import TrackingParams  # the tracking section; validated as it is built
+from trip.config import ConfigError, RunConfig, build_dataclass, rule
+from trip.io import read_yaml_mapping
 from trip.profiles import read_profile, resolve, runs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class TrackingParams:
-    experiment: str | None = None  # default: the profile's name
-    uri: str | None = None  # default sqlite:///mlflow.db at the project root; MLFLOW_TRACKING_URI wins
+SEEDS = rule(lambda s: s and all(type(v) is int for v in s), "must be a non-empty list of integers")
 
 
 @dataclass
 class PipelineParams:
     profile: str = "shapes"  # configs/<profile>.yaml
-    seeds: list = field(default_factory=lambda: [0])
-    secondary_seeds: list = field(default_factory=lambda: [0])  # the conditional experiment's seeds (Table 3)
+    seeds: list = field(default_factory=lambda: [0], metadata=SEEDS)
+    # the conditional experiment's seeds (Table 3)
+    secondary_seeds: list = field(default_factory=lambda: [0], metadata=SEEDS)
     models: list | None = None  # a subset of the profile's models; default all
     priors: list | None = None  # a subset of the profile's prior variants; default all
     overrides: list = field(default_factory=list)  # key=value applied to every run, e.g. "train.steps=100"
@@ -42,6 +38,11 @@ class PipelineParams:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     tune: dict = field(default_factory=dict)  # the Optuna study: pipeline.tune.TuneParams
+
+    def check(self, prefix: str) -> None:
+        from pipeline.tune import tune_params  # optuna loads only here
+
+        tune_params(self.tune)  # every stage fails on a bad tune section, not only the tune stage
 
 
 @dataclass
@@ -61,16 +62,8 @@ class Grid:
 
 
 def load_params(path: str | Path = PROJECT_ROOT / "params.yaml") -> Grid:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    params = build_dataclass(PipelineParams, raw)
-    params.compute.validate()
-    from pipeline.tune import tune_params  # optuna loads only here
-
-    tune_params(params.tune)
-    return resolve_grid(params)
+    raw = read_yaml_mapping(path, "params file")
+    return resolve_grid(build_dataclass(PipelineParams, raw))  # validated as it is built
 
 
 def _override_conditional(profile: dict, overrides: list) -> None:
@@ -89,10 +82,6 @@ def _override_conditional(profile: dict, overrides: list) -> None:
 
 def resolve_grid(params: PipelineParams) -> Grid:
     profile = read_profile(PROJECT_ROOT / "configs" / f"{params.profile}.yaml")
-    for key in ("seeds", "secondary_seeds"):
-        value = getattr(params, key)
-        if not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-            raise ConfigError(f"{key}: must be a non-empty list of integers, got {value!r}")
     for key in ("models", "priors"):
         chosen = getattr(params, key)
         unknown = [n for n in chosen or [] if n not in profile[key]]
@@ -109,8 +98,15 @@ def resolve_grid(params: PipelineParams) -> Grid:
         if (params.models and model not in params.models) or (params.priors and prior not in params.priors):
             continue
         cfg = resolve(profile, model, prior, seed, root, [str(o) for o in params.overrides])
-        # Absolute paths: Ray workers need not share the driver's working directory.
-        cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
-        cfg.eval.fid_stats_dir = str(PROJECT_ROOT / cfg.eval.fid_stats_dir)
-        grid[f"{model}-{prior}-s{seed}"] = cfg
+        # Every stage runs these as Ray tasks: a device they cannot use fails here, before Ray starts.
+        check_ray_device(cfg.device, params.compute.gpus_per_run, f" (run {model}-{prior}-s{seed})")
+        grid[f"{model}-{prior}-s{seed}"] = absolute_paths(cfg)
     return Grid(params, profile, grid)
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its data and FID-statistics directories made absolute against the project root,
+    for every run a stage hands to Ray: its workers need not share the driver's working directory."""
+    cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
+    cfg.eval.fid_stats_dir = str(PROJECT_ROOT / cfg.eval.fid_stats_dir)
+    return cfg

@@ -7,6 +7,8 @@
 Every run is one Ray task declaring ``compute.cpus_per_run`` CPUs and
 ``compute.gpus_per_run`` GPUs, so Ray places it on any node of the cluster
 that has them free; a fraction (0.25) lets several small runs share a card.
+``gpus_per_run: auto`` (the default) gives each run one whole GPU when the
+cluster has GPUs and none otherwise (:func:`resolve_gpus_per_run`).
 
 Where the runs go is ``compute.ray_address``, the only key a user changes to
 scale out:
@@ -47,11 +49,17 @@ What a local Ray needs to stay inside the project and offline (Ray 2.60):
 Inside a task:
 
 * Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs assigned to the task, so a run
-  with ``device: auto`` uses its own card as ``cuda:0``. Ray does not cap the
-  memory of runs sharing a card: pick the fraction so that they fit. Ray 2.60
-  leaves the variable alone for tasks with no GPU, so those would see every
-  card; the session sets ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1`` so that a run
-  with ``gpus_per_run: 0`` sees none and really runs on the CPU.
+  with ``device: auto`` uses its own card as ``cuda:0``; ``device: cuda:N``
+  with N > 0 is refused before any run starts (:func:`check_ray_device`). Ray
+  does not cap the memory of runs sharing a card: pick the fraction so that
+  they fit. Ray 2.60 leaves the variable alone for tasks with no GPU, so those
+  would see every card; the session sets ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``
+  so that a run with ``gpus_per_run: 0`` sees none and really runs on the CPU.
+  The override only acts on tasks assigned no GPU: a task holding GPUs (or a
+  fraction of one) gets their ids as usual.
+* A task holding GPUs runs in a fresh worker process that exits after it
+  (``max_calls=1``, see :func:`remote_variants`): a reused worker would keep the
+  CUDA context of its first task's card and pile later runs onto it.
 * Ray sets ``OMP_NUM_THREADS`` to the task's CPUs (at least 1), so torch uses
   as many threads as the run declared instead of all the machine's cores.
 * On a local Ray the project root leads ``PYTHONPATH``; every worker logs at
@@ -86,7 +94,7 @@ from typing import Any, Callable, Iterator
 import ray
 from tqdm import tqdm
 
-from trip.config import ConfigError
+from trip.config import NON_EMPTY, POSITIVE, ConfigError
 
 log = logging.getLogger("pipeline.ray_runner")
 
@@ -105,52 +113,72 @@ class PipelineError(RuntimeError):
 
 @dataclass
 class ComputeConfig:
-    """The ``compute`` section of ``params.yaml``."""
+    """The ``compute`` section of ``params.yaml``; validated as ``build_dataclass`` builds it."""
 
-    ray_address: str | None = None  # null: start a local Ray; "auto" or host:port: join a cluster
-    cpus_per_run: float = 1.0
-    gpus_per_run: float = 0.0  # fractions share a card: 0.25 puts four runs on one GPU
-    max_parallel: int | None = None  # cap on runs in flight; null: as many as the resources allow
-    num_cpus: int | None = None  # local Ray only: CPUs it may use; null: all of the machine's
+    # null: start a local Ray; "auto" or host:port: join a cluster
+    ray_address: str | None = field(default=None, metadata=NON_EMPTY)
+    cpus_per_run: float = field(default=1.0, metadata=POSITIVE)
+    gpus_per_run: float | str = "auto"  # auto: 1 if the cluster has GPUs, else 0; 0.25 puts four runs on one GPU
+    # cap on runs in flight; null: as many as the resources allow
+    max_parallel: int | None = field(default=None, metadata=POSITIVE)
+    # local Ray only: CPUs it may use; null: all of the machine's
+    num_cpus: int | None = field(default=None, metadata=POSITIVE)
     dashboard: bool = False  # local Ray only
-    temp_dir: str = ".ray"  # local Ray only: relative to the project root
-
-    def __post_init__(self):
-        self.validate()
+    temp_dir: str = field(default=".ray", metadata=NON_EMPTY)  # local Ray only: relative to the project root
 
     @property
     def is_local(self) -> bool:
         return self.ray_address in (None, "local")
 
-    def validate(self) -> None:
-        """Raise a ConfigError (a ValueError) naming ``compute.<key>`` for the first bad value."""
-        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
-            _bad("ray_address", f"null (a local Ray), 'auto' or a cluster address, got {self.ray_address!r}")
-        if not _is_number(self.cpus_per_run) or self.cpus_per_run <= 0:
-            _bad("cpus_per_run", f"must be a number > 0, got {self.cpus_per_run!r}")
-        if not _is_number(self.gpus_per_run) or self.gpus_per_run < 0:
-            _bad("gpus_per_run", f"must be a number >= 0, got {self.gpus_per_run!r}")
-        if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
-            # Ray's rule: a task holds a fraction of one card or whole cards.
-            _bad("gpus_per_run", f"must be a fraction of one GPU or a whole number, got {self.gpus_per_run!r}")
-        for key in ("max_parallel", "num_cpus"):
-            value = getattr(self, key)
-            if value is not None and (type(value) is not int or value < 1):
-                _bad(key, f"must be null or an integer >= 1, got {value!r}")
+    def check(self, prefix: str) -> None:
+        gpus = self.gpus_per_run
+        if gpus != "auto" and (not _is_number(gpus) or gpus < 0):
+            raise ConfigError(f"{prefix}gpus_per_run: must be auto or a number >= 0, got {gpus!r}")
+        if gpus != "auto" and gpus > 1 and gpus != int(gpus):  # Ray's rule: a fraction of one card or whole cards
+            raise ConfigError(f"{prefix}gpus_per_run: must be a fraction of one GPU or a whole number, got {gpus!r}")
         if self.is_local and self.num_cpus is not None and self.cpus_per_run > self.num_cpus:
-            _bad("cpus_per_run", f"{self.cpus_per_run} exceeds compute.num_cpus ({self.num_cpus}): no run could start")
-        if not isinstance(self.dashboard, bool):
-            _bad("dashboard", f"must be true or false, got {self.dashboard!r}")
-        if not isinstance(self.temp_dir, str) or not self.temp_dir:
-            _bad("temp_dir", f"must be a non-empty path, got {self.temp_dir!r}")
+            raise ConfigError(f"{prefix}cpus_per_run: {self.cpus_per_run} exceeds {prefix}num_cpus "
+                              f"({self.num_cpus}): no run could start")
+
+
+def resolve_gpus_per_run(setting: float | str, cluster_gpus: float) -> float:
+    """The GPUs each run's task declares, given the cluster's total ``GPU`` resource.
+
+    ``auto``: one whole GPU per run when the cluster has any, else 0 (the CPU).
+    A whole card rather than a share: only the user knows whether several runs
+    fit in one card's memory (Ray does not cap it), and says so with a number.
+    Runs then go as many at a time as there are GPUs (and free CPUs). A cluster
+    that only gains GPU nodes by autoscaling has none at the start: give it a number.
+    """
+    if setting == "auto":
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    return float(setting)
+
+
+def gpus_per_run(compute: ComputeConfig) -> float:
+    """``compute.gpus_per_run`` resolved against the connected cluster (needs an open session)."""
+    return resolve_gpus_per_run(compute.gpus_per_run, ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_ray_device(device: str, gpus: float | str | None = None, where: str = "") -> None:
+    """Refuse, naming the key, a run ``device`` that cannot work in a Ray task holding ``gpus`` GPUs.
+
+    Ray hands a task its GPUs through ``CUDA_VISIBLE_DEVICES``, numbered from 0,
+    so ``cuda:1`` would name a card the task does not see (or another run's).
+    With 0 GPUs per run the task sees no card at all, so ``cuda`` fails there.
+    ``gpus``: the resolved number, or ``auto``/None when not known yet.
+    """
+    index = device.removeprefix("cuda:")
+    if device.startswith("cuda:") and index.isdigit() and int(index) > 0:
+        raise ConfigError(f"device: {device}{where}: a Ray task sees the GPU it was given as cuda:0; "
+                          f"use device: auto or cuda (compute.gpus_per_run decides how many GPUs a run gets)")
+    if device.startswith("cuda") and _is_number(gpus) and gpus == 0:
+        raise ConfigError(f"device: {device}{where} needs a GPU, but compute.gpus_per_run gives runs none "
+                          f"(0), so their Ray tasks see no card; use device: auto or give runs GPUs")
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _bad(key: str, message: str) -> None:
-    raise ConfigError(f"compute.{key}: {message}")
 
 
 # -- the session -----------------------------------------------------------------------
@@ -261,7 +289,6 @@ def ray_session(compute: ComputeConfig, project_root: str | Path) -> Iterator[An
     On exit, also through an exception or Ctrl-C, ``ray.shutdown()`` stops a
     local Ray with all its processes, or just disconnects from a cluster.
     """
-    compute.validate()
     if ray.is_initialized():
         raise PipelineError("a Ray session is already open in this process; close it before opening another")
     root = Path(project_root).resolve()
@@ -271,6 +298,7 @@ def ray_session(compute: ComputeConfig, project_root: str | Path) -> Iterator[An
             context = ray.init(**_init_args(compute, root))
             where = "local Ray" if compute.is_local else f"Ray cluster at {compute.ray_address}"
             log.info("%s ready in %.1fs: %s", where, time.perf_counter() - start, ray.cluster_resources())
+            log.info("compute.gpus_per_run: %s -> %g GPU per run", compute.gpus_per_run, gpus_per_run(compute))
             yield context
         finally:
             # Also after a failed ray.init: it may have started processes before failing.
@@ -320,14 +348,13 @@ def run_all(
     report = RunReport()
     if not items:
         return report
-    _check_fits(compute)
+    gpus = gpus_per_run(compute)
+    for label, item in zip(labels, items):  # before any run starts
+        for device in _devices_of(item):
+            check_ray_device(device, gpus, f" (run {label})")
+    _check_fits(compute, gpus)
     fn_ref = ray.put(fn)  # shipped once, not with every task
-    options = {
-        "num_cpus": compute.cpus_per_run,
-        "num_gpus": compute.gpus_per_run,
-        "max_retries": 1,  # only for a dead worker: the run resumes from its checkpoint
-        "retry_exceptions": False,  # a run that raised would raise again; never re-run it silently
-    }
+    task, options = pick_task(_CALL, compute.cpus_per_run, gpus)
     waiting = collections.deque(zip(labels, items))
     limit = compute.max_parallel or len(items)
     in_flight: dict[ray.ObjectRef, str] = {}
@@ -336,7 +363,7 @@ def run_all(
         while waiting or in_flight:
             while waiting and len(in_flight) < limit:
                 label, item = waiting.popleft()
-                in_flight[_call.options(name=label, **options).remote(fn_ref, item)] = label
+                in_flight[task.options(name=label, **options).remote(fn_ref, item)] = label
             [done], _ = ray.wait(list(in_flight), num_returns=1)
             _collect(report, in_flight.pop(done), done)
             bar.update()
@@ -346,10 +373,44 @@ def run_all(
     return report
 
 
-@ray.remote
+def remote_variants(fn: Callable) -> dict[bool, Any]:
+    """``fn`` as a Ray remote function, by whether its task holds GPUs: {False: reusable, True: single-use}.
+
+    A GPU task's worker must exit after it (``max_calls=1``): a reused worker
+    keeps the CUDA context made under its first task's ``CUDA_VISIBLE_DEVICES``,
+    so later runs pile onto that card, and idle workers hold GPU memory. Ray
+    sets max_calls=1 itself only when ``num_gpus`` is in the decorator, not when
+    it comes through ``.options()``, and refuses ``max_calls`` in ``.options()``
+    (Ray 2.60): so the GPU variant declares it in the decorator.
+    """
+    return {False: ray.remote(fn), True: ray.remote(max_calls=1)(fn)}
+
+
+def pick_task(variants: dict[bool, Any], cpus: float, gpus: float) -> tuple[Any, dict]:
+    """The remote function and ``.options()`` of one run's task holding ``cpus`` CPUs and ``gpus`` GPUs."""
+    options = {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "max_retries": 1,  # only for a dead worker: the run resumes from its checkpoint
+        "retry_exceptions": False,  # a run that raised would raise again; never re-run it silently
+    }
+    return variants[gpus > 0], options
+
+
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     """The task: any picklable callable (a function, a functools.partial, a bound method)."""
     return fn(item)
+
+
+_CALL = remote_variants(_call)
+
+
+def _devices_of(item: Any) -> list[str]:
+    """The ``device`` settings an item of a stage carries: its own ``device``, its ``cfg``'s, a tuple's parts'."""
+    if isinstance(item, tuple):
+        return [d for part in item for d in _devices_of(part)]
+    own = getattr(item, "device", None)
+    return ([own] if isinstance(own, str) else []) + (_devices_of(item.cfg) if hasattr(item, "cfg") else [])
 
 
 def _collect(report: RunReport, label: str, ref: ray.ObjectRef) -> None:
@@ -369,9 +430,9 @@ def _collect(report: RunReport, label: str, ref: ray.ObjectRef) -> None:
     log.error("run %s failed: %s\n%s", label, info.error, info.traceback)
 
 
-def _check_fits(compute: ComputeConfig) -> None:
+def _check_fits(compute: ComputeConfig, gpus: float) -> None:
     """Fail fast when no node can ever hold one run: Ray would keep such tasks pending forever."""
-    need = {"CPU": compute.cpus_per_run, "GPU": compute.gpus_per_run}
+    need = {"CPU": compute.cpus_per_run, "GPU": gpus}
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     if any(all(res.get(k, 0.0) >= v for k, v in need.items() if v) for res in nodes):
         return

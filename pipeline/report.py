@@ -19,7 +19,8 @@ moved into place with ``os.replace``, so a reader never sees half a file:
   are given;
 * the metrics file (``metrics_path``, by default ``metrics.json``): flat means
   over seeds, e.g. ``{"fid/vae/normal": 86.7}``, for ``dvc metrics show``;
-* ``README.md``: every table's Markdown, then each run's figures.
+* ``README.md``: the link to the profile's runs in the MLflow UI (when given),
+  every table's Markdown, then each run's figures.
 
 Figures are not copied. The page links them where evaluation wrote them,
 ``<run dir>/figures/*.png``, by paths relative to ``out_dir``. The page
@@ -58,7 +59,8 @@ CIFAR10_DATASETS = ("cifar10", "cifar-10")
 def write_reports(results: list[dict], out_dir: Path, profile_name: str, protocol: dict,
                   paper: str | None = PAPER_CITATION, table: str | None = None,
                   conditional: list[dict] | None = None, induced: list[dict] | None = None,
-                  metrics_path: Path | None = None, sentences: dict[str, str] | None = None) -> list[Path]:
+                  metrics_path: Path | None = None, sentences: dict[str, str] | None = None,
+                  mlflow_link: str | None = None) -> list[Path]:
     """Write the tables, the metrics file and ``README.md`` into ``out_dir``; returns the paths written.
 
     ``results``: from ``pipeline.tables.collect``. ``protocol``: how our runs
@@ -70,7 +72,8 @@ def write_reports(results: list[dict], out_dir: Path, profile_name: str, protoco
     their tables are written when there are any. ``metrics_path``: where the
     flat metrics go (default ``out_dir/metrics.json``). ``sentences``: the
     sentence written first under a table ({"table1": ...}), instead of the one
-    generated from its paired differences.
+    generated from its paired differences. ``mlflow_link``: the MLflow UI address
+    of the profile's runs (``pipeline.tracking.ui_link``), linked from the page.
     """
     out_dir = Path(out_dir)
     if table is not None and table not in TABLES:
@@ -90,11 +93,20 @@ def write_reports(results: list[dict], out_dir: Path, profile_name: str, protoco
         rendered["induced"] = induced_table(induced, profile_name)
     written = [path for name, r in rendered.items() for path in r.write(out_dir, name)]
     metrics_path = Path(metrics_path) if metrics_path else out_dir / "metrics.json"
-    metrics = {**summary_metrics(results), **extra_metrics(conditional or [], induced or [])}
-    written.append(atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n"))
+    written.append(write_metrics(metrics_path, results, conditional or [], induced or []))
     page = index_page(results, out_dir, profile_name, rendered, metrics_path,
-                      {"table3": conditional or [], "induced": induced or []})
+                      {"table3": conditional or [], "induced": induced or []}, mlflow_link)
     return written + [atomic_write_text(out_dir / "README.md", page)]
+
+
+def write_metrics(path: Path, results: list[dict], conditional: list[dict] = (), induced: list[dict] = ()) -> Path:
+    """The flat metrics file (``summary_metrics`` and ``extra_metrics``) at ``path``, written atomically.
+
+    The pipeline's is ``<report_root>/metrics_<profile>.json``, a DVC metrics file tracked by
+    git (see dvc.yaml), so keys are sorted and the file ends with a newline: its diffs stay small.
+    """
+    metrics = {**summary_metrics(results), **extra_metrics(list(conditional), list(induced))}
+    return atomic_write_text(Path(path), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def infer_table(results: list[dict], protocol: dict) -> str:
@@ -262,13 +274,18 @@ def extra_figures(name: str, results: list[dict], out_dir: Path) -> list[str]:
 
 # -- the index page --------------------------------------------------------------------
 def index_page(results: list[dict], out_dir: Path, profile_name: str, rendered: dict[str, Rendered],
-               metrics_path: Path | None = None, extra: dict[str, list[dict]] | None = None) -> str:
-    """The page: each table's Markdown, Tables 1 and 2's run figures, then Table 3's and induced figures."""
+               metrics_path: Path | None = None, extra: dict[str, list[dict]] | None = None,
+               mlflow_link: str | None = None) -> str:
+    """The page: the MLflow link, each table's Markdown, Tables 1 and 2's run figures, then Table 3's
+    and induced figures."""
     metrics_path = Path(metrics_path) if metrics_path else Path(out_dir) / "metrics.json"
     links = [(f"{t}.{ext}", f"{t}.{ext}") for t in rendered for ext in ("md", "csv", "tex")]
     links.append((metrics_path.name, Path(os.path.relpath(metrics_path, out_dir)).as_posix()))
     files = ", ".join(f"[{name}]({quote(target)})" for name, target in links)
     lines = [f"# Reports: profile {profile_name}", "", f"From {len(results)} evaluated runs. Files: {files}.", ""]
+    if mlflow_link:
+        lines += [f"Every run, with its parameters, curves and artifacts, in MLflow: [{mlflow_link}]({mlflow_link}) "
+                  "(with `mlflow ui` or the tracking server running).", ""]
     for name in (n for n in rendered if n in TABLES):
         lines += [f"## {TABLES[name]['title']}", "", rendered[name].markdown().rstrip(), ""]
     lines += ["## Figures", "", "Written by `trip.evaluate` beside each run's eval.json; linked, not copied.", ""]

@@ -2,13 +2,16 @@
 
 Layout in MLflow:
 
-* one experiment per profile (the name the driver passes to :meth:`Tracker.start_parent`);
-* one *parent* run per ``dvc repro`` invocation;
+* one experiment per profile (:attr:`pipeline.params.Grid.experiment`);
+* one *parent* run per ``dvc repro`` (or per stage run on its own; see :mod:`pipeline.repro`);
 * one *child* run per trained run directory, nested under the parent through the
   ``mlflow.parentRunId`` tag. A child carries the flattened config as params, the training
   curves (``train.<name>``) with their steps, the evaluation numbers (``eval.<name>``), the tags
   ``model``, ``prior``, ``prior_learnable``, ``dataset``, ``config_hash``, ``seed``, ``stage``,
-  and the artifacts config.yaml, eval.json, samples.png and figures/*.png.
+  and the artifacts config.yaml, eval.json, samples.png and figures/*.png. With
+  ``tracking.system_metrics`` on, a training run's child also holds MLflow's system metrics
+  (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``, disk and
+  network, and ``system/gpu_<i>_*`` where NVML finds a GPU), sampled while it trains.
 
 Update rule (idempotency): within one experiment a run is identified by its ``config_hash``
 tag. Logging a run directory whose hash is already there updates that run instead of creating
@@ -18,29 +21,32 @@ if its (key, step) pair is not stored yet, an eval metric only if its value diff
 stored latest value (its step counts the revisions: 0, 1, ...; MLflow shows the highest step as
 the run's value), and artifacts are overwritten.
 
-Where the data goes: ``MLFLOW_TRACKING_URI`` if set (e.g. ``http://127.0.0.1:5000`` for a
-tracking server started with ``mlflow server --backend-store-uri sqlite:///mlflow.db``), else
-``sqlite:///<project_root>/mlflow.db``. Artifacts of a new experiment go to
-``<project_root>/mlartifacts/<experiment>`` unless the URI names a server, which then decides.
+Where the data goes: ``tracking.uri`` of params.yaml if set, else ``MLFLOW_TRACKING_URI`` if
+set (e.g. ``http://127.0.0.1:5000`` for a tracking server started with
+``mlflow server --backend-store-uri sqlite:///mlflow.db``), else
+``sqlite:///<project_root>/mlflow.db``. Artifacts of a new
+experiment go to ``<project_root>/mlartifacts/<experiment>`` unless the URI names a server,
+which then decides. :func:`ui_link` is the address of an experiment's runs in the MLflow UI.
 
-Concurrency: every read and write goes through one :class:`SerializedLogger`, which owns one
-``MlflowClient``, takes a lock around each call and retries calls that fail because SQLite is
-locked. Parallel Ray workers share one :class:`SerializedLogger` living in a named Ray actor
-(:func:`get_logger_actor`, ``max_concurrency=1``), so SQLite sees a single writer and the
-find-or-create and read-then-write steps of :meth:`Tracker.log_run` are atomic. Separate
-processes that each own a logger lose nothing either (the retries, and a file lock around
-opening a SQLite store, whose first-use migrations must not run twice at once), but two of
-them logging the *same* run directory at the same moment may duplicate a run or a metric:
-use the actor for that.
+Who writes: each stage's driver process, after its Ray tasks have returned. Ray workers only
+train and evaluate; they never log, except MLflow's own system-metrics thread (see
+:func:`system_metrics`), which writes the ``system/`` metrics of the run it watches with
+MLflow's client. In the driver every read and write goes through one :class:`SerializedLogger`:
+one ``MlflowClient``, a lock around each call (so :meth:`SerializedLogger.update_run` reads and
+writes as one step), and retries of calls that fail because SQLite is locked. Separate processes
+(two stages, a stage and ``mlflow ui``, the system-metrics threads) therefore lose nothing:
+the retries, SQLite's own busy wait, and a file lock around opening a SQLite store, whose
+first-use migrations must not run twice at once. Two processes logging the *same* run directory
+at the same moment could still duplicate a run or a metric; the stages never do that.
 
-Ray and MLflow are imported here only; the ``trip`` library never imports them.
+MLflow is imported here only, and only where it is used, so importing this module stays cheap
+(``pipeline.params`` does, to validate ``tracking``); the ``trip`` library never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -50,10 +56,12 @@ import random
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-import yaml
+from trip.config import NON_EMPTY, POSITIVE, is_number
+from trip.io import read_metrics, read_yaml_mapping
 
 # Nothing may reach the network. MLflow starts its telemetry client when it is imported and
 # Ray reads its usage-stats switch when a cluster starts, so these must be set before either
@@ -67,19 +75,12 @@ _OFFLINE_ENV = {
 for _key, _value in _OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
-# MLflow (about 1.5 s to import) and Ray are imported where they are used: a Ray worker that
-# only talks to the logger actor never loads MLflow, and nothing here needs Ray without it.
+# MLflow takes about 1.5 s to import: it is imported where it is used, never at module level.
 
 _log = logging.getLogger(__name__)
 
-# MLflow's own limits (mlflow.utils.validation).
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_TAGS_PER_BATCH = 100
-MAX_KEY_LENGTH = 250
-MAX_PARAM_VALUE_LENGTH = 6000
-
-ACTOR_NAMESPACE = "trip-tracking"
 PARENT_TAG = "mlflow.parentRunId"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 # Eval numbers that get a short name; everything else numeric is eval.<section>.<field>.
 EVAL_HEADLINES = {
@@ -90,6 +91,18 @@ EVAL_HEADLINES = {
 }
 # Sections of eval.json that describe the run rather than measure it.
 EVAL_SKIP_SECTIONS = {"run", "figures", "settings", "source", "config", "files", "reversal_cache"}
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class TrackingParams:
+    """The ``tracking`` section of params.yaml."""
+
+    experiment: str | None = field(default=None, metadata=NON_EMPTY)  # default: the profile's name
+    uri: str | None = None  # default sqlite:///mlflow.db at the project root; MLFLOW_TRACKING_URI wins
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) of training runs
+    system_metrics_interval: float = field(default=10.0, metadata=POSITIVE)  # seconds between two samples
 
 
 # ----------------------------------------------------------------------------- locations
@@ -113,6 +126,17 @@ def artifact_location(project_root: str | Path, uri: str, experiment: str) -> st
         return None
     slug = re.sub(r"[^\w.-]+", "_", experiment).strip("_") or "default"
     return (Path(project_root).resolve() / "mlartifacts" / slug).as_uri()
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table in the MLflow UI.
+
+    ``workflowType=machine_learning`` makes the UI open on "Runs": without it MLflow 3 keeps
+    one global workflow type, GenAI by default, and lands on the traces overview. A tracking
+    server serves its own UI; a local store is read by ``mlflow ui`` at :data:`UI_ADDRESS`.
+    """
+    base = uri.rstrip("/") if re.match(r"^https?://", uri) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 # ----------------------------------------------------------------------------- retries
@@ -181,16 +205,10 @@ def _store_init_lock(uri: str):
 
 # ----------------------------------------------------------------------------- the logger
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class SerializedLogger:
-    """The single path for MLflow reads and writes: one client, one call at a time, retried.
+    """The driver's path for MLflow reads and writes: one client, one call at a time, retried.
 
-    Arguments and results are plain Python values so the same object works locally or inside
-    a Ray actor (see :func:`get_logger_actor` and :class:`ActorLogger`).
+    Arguments and results are plain Python values (ids, dicts, tuples).
     """
 
     def __init__(self, uri: str):
@@ -219,6 +237,11 @@ class SerializedLogger:
                 raise
             return self._call("get_experiment_by_name", name).experiment_id  # lost a race
 
+    def find_experiment(self, name: str) -> str | None:
+        """The id of experiment ``name``, or None; creates nothing."""
+        found = self._call("get_experiment_by_name", name)
+        return found.experiment_id if found is not None else None
+
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         run = self._call("create_run", experiment_id, tags=tags, run_name=run_name)
         return run.info.run_id
@@ -227,13 +250,14 @@ class SerializedLogger:
                            tags: dict[str, str]) -> tuple[str, bool]:
         """The oldest active run tagged ``key=value``, or a new one; returns (run_id, created).
 
-        One call, so a logger actor makes find-then-create atomic for all its callers.
+        Under the logger's lock, so find-then-create is one step for the threads of a process.
         """
-        runs = self._call("search_runs", [experiment_id], filter_string=f"tags.`{key}` = '{value}'",
-                          order_by=["attributes.start_time ASC"], max_results=1)
-        if runs:
-            return runs[0].info.run_id, False
-        return self.create_run(experiment_id, run_name, {**tags, key: value}), True
+        with self._lock:
+            runs = self._call("search_runs", [experiment_id], filter_string=f"tags.`{key}` = '{value}'",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+            if runs:
+                return runs[0].info.run_id, False
+            return self.create_run(experiment_id, run_name, {**tags, key: value}), True
 
     def run_state(self, run_id: str) -> dict[str, Any]:
         """Experiment id, params, latest metric values, tags and status of a run."""
@@ -252,26 +276,25 @@ class SerializedLogger:
 
     def log_batch(self, run_id: str, metrics: list[tuple[str, float, int]] = (),
                   params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
-        """Log ``(key, value, step)`` metrics, params and tags, split to MLflow's batch limits."""
+        """Log ``(key, value, step)`` metrics, params and tags in one call.
+
+        ``MlflowClient.log_batch`` splits them to MLflow's batch limits itself. A retried call
+        may repeat batches that were already stored: MLflow skips a metric it already has, a
+        param logged again with the same value and a tag set again are no-ops.
+        """
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        for chunk in _chunks([Metric(k, float(v), now, int(s)) for k, v, s in metrics],
-                             MAX_METRICS_PER_BATCH):
-            self._call("log_batch", run_id, metrics=chunk, synchronous=True)
-        for chunk in _chunks([Param(k, v) for k, v in (params or {}).items()],
-                             MAX_PARAMS_TAGS_PER_BATCH):
-            self._call("log_batch", run_id, params=chunk, synchronous=True)
-        for chunk in _chunks([RunTag(k, v) for k, v in (tags or {}).items()],
-                             MAX_PARAMS_TAGS_PER_BATCH):
-            self._call("log_batch", run_id, tags=chunk, synchronous=True)
+        self._call("log_batch", run_id, metrics=[Metric(k, float(v), now, int(s)) for k, v, s in metrics],
+                   params=[Param(k, v) for k, v in (params or {}).items()],
+                   tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True)
 
     def update_run(self, run_id: str, train: list[tuple[str, float, int]],
                    evaluation: dict[str, float], params: dict[str, str],
                    tags: dict[str, str]) -> int:
         """Add what the run lacks (the update rule of the module docstring); return #metrics.
 
-        Read and write happen under one lock hold, so two workers updating the same run through
+        Read and write happen under one lock hold, so two threads updating the same run through
         one logger cannot both decide that the same metric or param is missing.
         """
         with self._lock:
@@ -289,69 +312,58 @@ class SerializedLogger:
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("set_terminated", run_id, status=status)
 
-
-# ----------------------------------------------------------------------------- the Ray actor
-
-class ActorLogger:
-    """Blocking stand-in for a :class:`SerializedLogger` that lives in a Ray actor."""
-
-    def __init__(self, actor):
-        self._actor = actor
-
-    def __getattr__(self, name: str):
-        import ray
-
-        if name.startswith("_"):  # keeps copy/pickle from recursing into the actor
-            raise AttributeError(name)
-        method = getattr(self._actor, name)
-        return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
+    def set_running(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again (it keeps its start time; its end time is set when it ends)."""
+        self._call("update_run", run_id, status="RUNNING")
 
 
-@functools.cache
-def _actor_class():
-    import ray
+# ----------------------------------------------------------------------------- system metrics
 
-    return ray.remote(SerializedLogger)
+@dataclass(frozen=True)
+class SystemMetrics:
+    """Where a training task sends its system metrics: plain values, so Ray can ship it to a worker."""
+
+    uri: str
+    run_id: str
+    interval: float  # seconds between samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
 
 
-def get_logger_actor(uri: str):
-    """The named logger actor for ``uri``, started on first use (needs ``ray.init`` first).
+@contextlib.contextmanager
+def system_metrics(target: SystemMetrics | None) -> Iterator[None]:
+    """Sample this machine into ``target``'s run while the block runs; with None, do nothing.
 
-    Named per URI in a fixed namespace with ``get_if_exists``, so every worker of the job
-    finds the same actor; ``max_concurrency=1`` makes it execute one call at a time; it takes
-    no CPU so it can never wait behind the workers that are waiting on it. It is detached:
-    a plain named actor dies with whichever worker happened to create it, or as soon as the
-    handle that created it is dropped. ``ray.shutdown()`` of a local cluster ends it; on a
-    long-lived cluster call :func:`stop_logger_actor`.
+    MLflow's :class:`~mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor`
+    (needs psutil; GPUs through NVML, i.e. the ``nvidia-ml-py`` package, where present) runs a
+    thread that logs one aggregated sample per interval as ``system/<name>`` at steps 0, 1, ...;
+    a resumed run continues after its last step. The run must be RUNNING: the thread stops
+    when it is not, and when the block ends. A block shorter than one interval logs nothing.
     """
-    options = dict(name=_actor_name(uri), namespace=ACTOR_NAMESPACE, get_if_exists=True,
-                   lifetime="detached", max_concurrency=1, num_cpus=0)
-    return _actor_class().options(**options).remote(uri)
-
-
-def stop_logger_actor(uri: str) -> None:
-    """End the logger actor for ``uri`` if there is one; calls already queued are dropped."""
-    import ray
-
-    try:
-        actor = ray.get_actor(_actor_name(uri), namespace=ACTOR_NAMESPACE)
-    except ValueError:  # no such actor
+    if target is None:
+        yield
         return
-    ray.kill(actor)
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-
-def _actor_name(uri: str) -> str:
-    return "mlflow-logger-" + hashlib.sha1(uri.encode()).hexdigest()[:12]
+    with _store_init_lock(target.uri):  # the monitor opens the store (a SQLite file is migrated once)
+        monitor = SystemMetricsMonitor(target.run_id, sampling_interval=target.interval, resume_logging=True,
+                                       tracking_uri=target.uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 # ----------------------------------------------------------------------------- run directory
 
 def _fit_key(key: str) -> str:
-    """A key within MLflow's 250 characters; long ones keep a hash so they stay distinct."""
-    if len(key) <= MAX_KEY_LENGTH:
+    """A key within MLflow's limit (250 characters), which MLflow rejects rather than cuts;
+    long ones keep a hash so they stay distinct."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    if len(key) <= MAX_ENTITY_KEY_LENGTH:
         return key
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return f"{key[:MAX_KEY_LENGTH - 17]}~{digest}"
+    return f"{key[:MAX_ENTITY_KEY_LENGTH - 17]}~{digest}"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -369,36 +381,30 @@ def config_params(config: dict) -> dict[str, str]:
     """Flattened config as MLflow params: ``model.name``, ``prior.core_size``, ...
 
     Strings stay as they are; everything else is JSON (``null``, ``true``, ``[0.9, 0.999]``).
+    A value is cut to MLflow's limit here: MLflow cuts it too, with a warning per value, unless
+    ``MLFLOW_TRUNCATE_LONG_VALUES=false``, which makes it reject the whole batch.
     """
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     params = {}
     for key, value in _flatten(config).items():
         text = value if isinstance(value, str) else json.dumps(value)
-        params[_fit_key(key)] = text[:MAX_PARAM_VALUE_LENGTH]
+        params[_fit_key(key)] = text[:MAX_PARAM_VAL_LENGTH]
     return params
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def training_metrics(path: Path) -> list[tuple[str, float, int]]:
-    """``(train.<name>, value, step)`` for every numeric field of every metrics.jsonl line."""
-    metrics = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        step = int(record["step"])
-        metrics += [(_fit_key(f"train.{k}"), float(v), step)
-                    for k, v in record.items() if k != "step" and _is_number(v)]
-    return metrics
+    """``(train.<name>, value, step)`` for every numeric field of every metrics.jsonl line; none without the file."""
+    return [(_fit_key(f"train.{k}"), float(v), int(record["step"]))
+            for record in read_metrics(path, missing_ok=True)
+            for k, v in record.items() if k != "step" and is_number(v)]
 
 
 def eval_metrics(evaluation: dict) -> dict[str, float]:
     """Numeric scalars of eval.json: headlines like ``eval.fid``, else ``eval.<section>.<key>``."""
     metrics = {}
     for path, value in _flatten(evaluation).items():
-        if path.split(".")[0] in EVAL_SKIP_SECTIONS or not _is_number(value):
+        if path.split(".")[0] in EVAL_SKIP_SECTIONS or not is_number(value):
             continue
         metrics[_fit_key(EVAL_HEADLINES.get(path, f"eval.{path}"))] = float(value)
     return metrics
@@ -449,19 +455,16 @@ def _same(a: float, b: float) -> bool:
 # ----------------------------------------------------------------------------- the tracker
 
 class Tracker:
-    """What the pipeline driver uses: parent runs per repro, child runs per run directory.
+    """What the stages use: parent runs (opened and closed by :mod:`pipeline.repro`), and one
+    child run per run directory or derived result."""
 
-    ``logger`` is a :class:`SerializedLogger` (default: one for ``uri``) or an
-    :class:`ActorLogger`, which is what Ray workers should pass.
-    """
-
-    def __init__(self, project_root: str | Path, *, uri: str | None = None, logger=None):
+    def __init__(self, project_root: str | Path, *, uri: str | None = None):
         self.project_root = Path(project_root).resolve()
         self.uri = uri or tracking_uri(self.project_root)
-        self.logger = logger or SerializedLogger(self.uri)
+        self.logger = SerializedLogger(self.uri)
 
     def start_parent(self, experiment: str, run_name: str, tags: dict | None = None) -> str:
-        """Open the parent run of one ``dvc repro`` in experiment ``experiment``; return its id."""
+        """Open a parent run in experiment ``experiment`` (created if needed); return its id."""
         location = artifact_location(self.project_root, self.uri, experiment)
         experiment_id = self.logger.experiment_id(experiment, location)
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -471,6 +474,35 @@ class Tracker:
         """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         self.logger.set_terminated(parent_id, status)
 
+    def experiment_link(self, experiment: str) -> str | None:
+        """The MLflow UI address of the experiment's runs (:func:`ui_link`); None if it has none yet."""
+        experiment_id = self.logger.find_experiment(experiment)
+        return ui_link(self.uri, experiment_id) if experiment_id is not None else None
+
+    def _child(self, parent_id: str, config: dict, run_name: str, stage: str) -> tuple[str, dict[str, str]]:
+        """The run of ``config`` (by its config_hash) in the parent's experiment, or a new one; and its tags."""
+        tags = {**run_tags(config, stage), PARENT_TAG: parent_id}
+        experiment_id = self.logger.run_state(parent_id)["experiment_id"]
+        run_id, _ = self.logger.find_or_create_run(
+            experiment_id, "config_hash", tags["config_hash"], run_name, tags)
+        return run_id, tags
+
+    def open_run(self, parent_id: str, config: dict, run_name: str, stage: str) -> str:
+        """The child run of a run directory about to be trained, re-parented and RUNNING; return its id.
+
+        ``config`` is what training writes to config.yaml (the config and its ``config_hash``).
+        System metrics go into this run while it trains; :meth:`log_run` then fills and ends it,
+        or :meth:`end_run` ends it FAILED.
+        """
+        run_id, tags = self._child(parent_id, config, run_name, stage)
+        self.logger.log_batch(run_id, tags=tags)
+        if self.logger.run_state(run_id)["status"] != "RUNNING":
+            self.logger.set_running(run_id)
+        return run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.logger.set_terminated(run_id, status)
+
     def log_result(self, parent_id: str, result_file: str | Path, source_run_dir: str | Path, stage: str,
                    name: str, artifacts: list[str | Path] = ()) -> str:
         """Log (or update) a child run for a result derived from a run (e.g. an induced prior); return its id.
@@ -478,7 +510,7 @@ class Tracker:
         Params and tags come from the source run's config; the result's numbers are the metrics.
         """
         result_file, source_run_dir = Path(result_file), Path(source_run_dir)
-        config = yaml.safe_load((source_run_dir / "config.yaml").read_text())
+        config = read_yaml_mapping(source_run_dir / "config.yaml", "run config")
         tags = {**run_tags(config, stage), PARENT_TAG: parent_id, "result": name}
         experiment_id = self.logger.run_state(parent_id)["experiment_id"]
         run_id, _ = self.logger.find_or_create_run(experiment_id, "result", name, name, tags)
@@ -491,21 +523,18 @@ class Tracker:
 
     def log_run(self, parent_id: str, run_dir: str | Path, stage: str, eval_dir: str | Path | None = None,
                 eval_name: str = "eval.json") -> str:
-        """Log (or update) the child run for ``run_dir`` under ``parent_id``; return its id.
+        """Log (or update) the child run for ``run_dir`` under ``parent_id``, and end it FINISHED; return its id.
 
         ``eval_dir`` holds the run's evaluation (``eval_name``) and figures when they are kept apart from it.
         """
         run_dir = Path(run_dir)
         eval_dir = Path(eval_dir) if eval_dir else run_dir
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        tags = {**run_tags(config, stage), PARENT_TAG: parent_id}
-        metrics_file, eval_file = run_dir / "metrics.jsonl", eval_dir / eval_name
-        train = training_metrics(metrics_file) if metrics_file.is_file() else []
+        config = read_yaml_mapping(run_dir / "config.yaml", "run config")
+        eval_file = eval_dir / eval_name
+        train = training_metrics(run_dir / "metrics.jsonl")
         evaluation = eval_metrics(json.loads(eval_file.read_text())) if eval_file.is_file() else {}
 
-        experiment_id = self.logger.run_state(parent_id)["experiment_id"]
-        run_id, _ = self.logger.find_or_create_run(
-            experiment_id, "config_hash", tags["config_hash"], run_dir.name, tags)
+        run_id, tags = self._child(parent_id, config, run_dir.name, stage)
         self.logger.update_run(run_id, train, evaluation, config_params(config), tags)
         self.logger.log_artifacts(run_id, run_artifacts(run_dir, eval_dir, eval_name))
         self.logger.set_terminated(run_id, "FINISHED")

@@ -37,8 +37,8 @@ import pandas as pd
 import ray
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.ray_runner import ComputeConfig
-from trip.config import ConfigError, RunConfig
+from pipeline.ray_runner import ComputeConfig, check_ray_device, gpus_per_run, pick_task, remote_variants
+from trip.config import NON_EMPTY, POSITIVE, ConfigError, RunConfig, bounds, build_dataclass, rule
 
 log = logging.getLogger("pipeline.tune")
 
@@ -50,66 +50,43 @@ REPORT_COLUMNS = ("number", "state", "n_components", "core_size", "latent_dim", 
 class TuneParams:
     """The ``tune`` section: the search space, the budget of each trial and where the study lives."""
 
-    model: str = "vae"  # a model of the profile: a VAE maximises validation ELBO, a GAN minimises FID
-    prior: str = "trip_learnable"  # a TRIP prior variant of the profile
-    n_trials: int = 8  # finished (complete or pruned) trials the study should hold
-    parallel: int = 2  # trials in flight at once
-    n_min: int = 2  # components per dimension N
+    # a model of the profile: a VAE maximises validation ELBO, a GAN minimises FID
+    model: str = field(default="vae", metadata=NON_EMPTY)
+    prior: str = field(default="trip_learnable", metadata=NON_EMPTY)  # a TRIP prior variant of the profile
+    n_trials: int = field(default=8, metadata=POSITIVE)  # finished (complete or pruned) trials the study should hold
+    parallel: int = field(default=2, metadata=POSITIVE)  # trials in flight at once
+    # components per dimension N
+    n_min: int = field(default=2, metadata=rule(lambda n: n >= 2, "TRIP needs at least 2 components per dimension"))
     n_max: int = 20
-    m_min: int = 1  # core size m, searched on a log scale
+    m_min: int = field(default=1, metadata=POSITIVE)  # core size m, searched on a log scale
     m_max: int = 64
     tune_latent: bool = False
-    latent_choices: list = field(default_factory=lambda: [8, 16, 32])
-    steps: int = 300  # training steps of each trial
-    report_every: int = 50  # steps between intermediate values (and pruning decisions)
-    validation_examples: int = 256  # first test images scored by the ELBO (VAE)
-    fid_samples: int = 200  # generated and reference images of the FID objective (GAN)
+    latent_choices: list = field(default_factory=lambda: [8, 16, 32], metadata=rule(
+        lambda v: v and all(type(d) is int and d > 0 for d in v), "must be a non-empty list of positive integers"))
+    steps: int = field(default=300, metadata=POSITIVE)  # training steps of each trial
+    # steps between intermediate values (and pruning decisions)
+    report_every: int = field(default=50, metadata=POSITIVE)
+    validation_examples: int = field(default=256, metadata=POSITIVE)  # first test images scored by the ELBO (VAE)
+    # generated and reference images of the FID objective (GAN)
+    fid_samples: int = field(default=200, metadata=bounds(ge=2))
     seed: int = 0  # training seed of every trial and the sampler's seed
-    storage: str = "optuna.db"  # SQLite file, relative to the project root unless absolute
-    study_name: str | None = None  # default: <profile>-<model>-<prior>
+    # SQLite file, relative to the project root unless absolute
+    storage: str = field(default="optuna.db", metadata=NON_EMPTY)
+    study_name: str | None = field(default=None, metadata=NON_EMPTY)  # default: <profile>-<model>-<prior>
 
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise a ConfigError naming ``tune.<key>`` for the first bad value."""
-        for key in ("n_trials", "parallel", "n_min", "m_min", "steps", "report_every", "validation_examples",
-                    "fid_samples"):
-            value = getattr(self, key)
-            if type(value) is not int or value < 1:
-                _bad(key, f"must be an integer >= 1, got {value!r}")
-        if self.fid_samples < 2:
-            _bad("fid_samples", f"FID needs at least 2 samples, got {self.fid_samples}")
-        if self.n_min < 2:
-            _bad("n_min", f"TRIP needs at least 2 components per dimension, got {self.n_min}")
+    def check(self, prefix: str) -> None:
         for low, high in (("n_min", "n_max"), ("m_min", "m_max")):
-            if type(getattr(self, high)) is not int or getattr(self, high) < getattr(self, low):
-                _bad(high, f"must be an integer >= tune.{low} ({getattr(self, low)}), got {getattr(self, high)!r}")
-        if type(self.seed) is not int:
-            _bad("seed", f"must be an integer, got {self.seed!r}")
-        if not isinstance(self.tune_latent, bool):
-            _bad("tune_latent", f"must be true or false, got {self.tune_latent!r}")
-        if not self.latent_choices or not all(type(v) is int and v > 0 for v in self.latent_choices):
-            _bad("latent_choices", f"must be a non-empty list of positive integers, got {self.latent_choices!r}")
-        for key in ("model", "prior", "storage"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                _bad(key, f"must be a non-empty string, got {getattr(self, key)!r}")
-        if self.study_name is not None and (not isinstance(self.study_name, str) or not self.study_name):
-            _bad("study_name", f"must be null or a non-empty string, got {self.study_name!r}")
+            if getattr(self, high) < getattr(self, low):
+                raise ConfigError(f"{prefix}{high}: must be >= {prefix}{low} ({getattr(self, low)}), "
+                                  f"got {getattr(self, high)}")
 
     def report_steps(self) -> list[int]:
         """The training steps after which a trial reports: every ``report_every``, and the last."""
         return list(range(self.report_every, self.steps, self.report_every)) + [self.steps]
 
 
-def _bad(key: str, message: str) -> None:
-    raise ConfigError(f"tune.{key}: {message}")
-
-
 def tune_params(raw: dict | None) -> TuneParams:
     """TuneParams from a mapping (``None``: the defaults); type and value errors name ``tune.<key>``."""
-    from trip.config import build_dataclass
-
     return build_dataclass(TuneParams, raw or {}, "tune.")
 
 
@@ -179,26 +156,35 @@ def checkpoint_step(run_dir: str | Path) -> int:
 
 
 def validation_elbo(run_dir: str | Path, examples: int, seed: int = 0) -> float:
-    """Mean ELBO (nats per image) over the first ``examples`` test images, one fixed noise draw."""
+    """Mean ELBO (nats per image) over the first ``examples`` test images, one fixed noise draw.
+
+    Evaluated where the run trains (its ``device``, resolved in this task), with
+    a generator on that device: the model draws its noise on the device of its
+    input, and ``randn`` refuses a generator of another device. The same noise
+    at every step, so values compare within a study (whose trials share a device).
+    """
     import numpy as np
     import torch
 
     from trip.data.prepared import to_float
-    from trip.train import load_data, load_run
+    from trip.train import load_data, load_run, resolve_device
 
     cfg, model = load_run(run_dir)
+    device = resolve_device(cfg.device)
+    model.to(device)
     _, test = load_data(cfg)
     images = to_float(torch.from_numpy(np.ascontiguousarray(test.images[:examples])))
-    generator = torch.Generator().manual_seed(seed)  # the same noise at every step: values compare
+    generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        return sum(model.elbo(x, generator).double().sum().item() for x in images.split(256)) / len(images)
+        total = sum(model.elbo(x.to(device), generator).double().sum() for x in images.split(256))
+    return total.item() / len(images)  # one host sync, at the end
 
 
 def validation_fid(run_dir: str | Path, samples: int, seed: int = 0) -> float:
     """FID of ``samples`` generated images against as many training images (cached statistics)."""
     import dataclasses
 
-    from trip.evaluate import fid_part
+    from trip.evaluate import EvalContext, fid_part
     from trip.train import load_data, load_run, resolve_device
 
     cfg, model = load_run(run_dir)
@@ -206,8 +192,7 @@ def validation_fid(run_dir: str | Path, samples: int, seed: int = 0) -> float:
     model.to(device)
     train, test = load_data(cfg)
     ev = dataclasses.replace(cfg.eval, fid_samples=samples, seed=seed)
-    ctx = {"device": device, "progress": False, "fid_model": None}
-    return fid_part(cfg, model, train, test, ev, ctx)["value"]
+    return fid_part(cfg, model, train, test, ev, EvalContext(device))["value"]
 
 
 def train_chunk(cfg: RunConfig, until: int, tune: TuneParams) -> float:
@@ -222,7 +207,7 @@ def train_chunk(cfg: RunConfig, until: int, tune: TuneParams) -> float:
     return validation_fid(cfg.run_dir, tune.fid_samples, cfg.seed)
 
 
-_chunk_task = ray.remote(train_chunk)
+_CHUNK = remote_variants(train_chunk)  # a GPU chunk gets a fresh worker (max_calls=1), see remote_variants
 
 
 # -- the driver loop -------------------------------------------------------------------
@@ -253,14 +238,16 @@ def run_study(
     session. A trial whose chunk fails is told FAIL and the others go on.
     """
     outcome = TuneOutcome()
-    options = {"num_cpus": compute.cpus_per_run, "num_gpus": compute.gpus_per_run,
-               "max_retries": 1, "retry_exceptions": False}
+    gpus = gpus_per_run(compute)
+    # Every trial has the device of this config (trials change N, m and the latent size): check it before any.
+    check_ray_device(make_config({}, "check").device, gpus, " (tune trials)")
+    task, options = pick_task(_CHUNK, compute.cpus_per_run, gpus)
     limit = min(tune.parallel, compute.max_parallel or tune.parallel)
     in_flight: dict[ray.ObjectRef, _Running] = {}
 
     def submit(state: _Running) -> None:
         state.step = state.pending.pop(0)
-        ref = _chunk_task.options(name=f"trial-{state.trial.number}-{state.step}", **options).remote(
+        ref = task.options(name=f"trial-{state.trial.number}-{state.step}", **options).remote(
             state.cfg, state.step, tune)
         in_flight[ref] = state
 

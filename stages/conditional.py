@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import PROJECT_ROOT, Grid
+from pipeline.params import PROJECT_ROOT, Grid, absolute_paths
 from pipeline.ray_runner import ray_session, run_all
-from pipeline.repro import current_parent
+from pipeline.repro import stage_parent
 from stages.common import finish, start, tracker_for
 from trip.config import RunConfig
 
@@ -55,7 +55,7 @@ def run_job(job: Job) -> dict:
     result = evaluate_conditional(job.cfg.run_dir, job.classifier_dir, job.settings.specs,
                                   job.settings.samples_per_spec, job.cfg.seed, out_dir=job.eval_dir, device=device)
     s = result["summary"]
-    return {"summary": f"violated {s['violation_any']:.3f}, free-attribute entropy {s['diversity_mean']} bits"}
+    return {"summary": f"violated {s['violation_any']:.3f}, free-attribute entropy {s['diversity_mean']:.3f} bits"}
 
 
 def conditional_jobs(grid: Grid) -> tuple[Job, dict[str, Job], dict[str, Job]] | None:
@@ -69,8 +69,8 @@ def conditional_jobs(grid: Grid) -> tuple[Job, dict[str, Job], dict[str, Job]] |
     classifier = classifier_dir(grid.profile, root)
     trains, evals = {}, {}
     for method, missing, seed in conditional_runs(grid.profile, grid.params.secondary_seeds):
-        cfg = resolve_conditional(grid.profile, method, missing, seed, root, [str(o) for o in grid.params.overrides])
-        cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
+        cfg = absolute_paths(resolve_conditional(grid.profile, method, missing, seed, root,
+                                                 [str(o) for o in grid.params.overrides]))
         label = run_name(method, missing, seed)
         trains[label] = Job("train", cfg, classifier)
         evals[label] = Job("evaluate", cfg, classifier, eval_dir(grid, label), section)
@@ -92,19 +92,19 @@ def main(argv=None) -> None:
         return
     classifier, trains, evals = jobs
     tracker = tracker_for(grid)
-    parent = current_parent(tracker, grid.experiment)
-    with ray_session(grid.params.compute, PROJECT_ROOT):
-        trained = run_all(run_job, [classifier, *trains.values()], grid.params.compute,
-                          labels=["classifier", *trains])
-        ready = {k: j for k, j in evals.items() if k in trained.results and "classifier" in trained.results}
-        evaluated = run_all(run_job, list(ready.values()), grid.params.compute, labels=list(ready))
-    for label, result in {**trained.results, **evaluated.results}.items():
-        log.info("%s: %s", label, result["summary"])
-    for label in evaluated.results:
-        tracker.log_run(parent, evals[label].cfg.run_dir, "conditional", eval_dir=evals[label].eval_dir,
-                        eval_name="cond_eval.json")
-    trained.failures.update(evaluated.failures)
-    finish("conditional", trained, grid, tracker)
+    with stage_parent(tracker, grid.experiment) as parent:
+        with ray_session(grid.params.compute, PROJECT_ROOT):
+            trained = run_all(run_job, [classifier, *trains.values()], grid.params.compute,
+                              labels=["classifier", *trains])
+            ready = {k: j for k, j in evals.items() if k in trained.results and "classifier" in trained.results}
+            evaluated = run_all(run_job, list(ready.values()), grid.params.compute, labels=list(ready))
+        for label, result in {**trained.results, **evaluated.results}.items():
+            log.info("%s: %s", label, result["summary"])
+        for label in evaluated.results:
+            tracker.log_run(parent, evals[label].cfg.run_dir, "conditional", eval_dir=evals[label].eval_dir,
+                            eval_name="cond_eval.json")
+        trained.failures.update(evaluated.failures)
+        finish("conditional", trained, grid, tracker)
 
 
 if __name__ == "__main__":

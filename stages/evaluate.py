@@ -4,7 +4,7 @@
 
 Results go to ``evals/<profile>/<run>/`` (eval.json and figures), never into
 the training outputs; parts whose inputs are unchanged are reused. Each run's
-evaluation is added to its MLflow run.
+evaluation is added to its MLflow run, under this repro's parent (:mod:`pipeline.repro`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 
 from pipeline.params import PROJECT_ROOT
 from pipeline.ray_runner import ray_session, run_all
-from pipeline.repro import current_parent
+from pipeline.repro import stage_parent
 from stages.common import finish, start, tracker_for
 
 log = logging.getLogger("stages.evaluate")
@@ -30,14 +30,14 @@ def evaluate_one(job: tuple) -> dict:
 def main(argv=None) -> None:
     grid = start(__doc__, argv)
     tracker = tracker_for(grid)
-    parent = current_parent(tracker, grid.experiment)
-    jobs = [(cfg, grid.eval_dir(label)) for label, cfg in grid.runs.items()]
-    with ray_session(grid.params.compute, PROJECT_ROOT):
-        report = run_all(evaluate_one, jobs, grid.params.compute, labels=list(grid.runs))
-    for label, result in report.results.items():
-        tracker.log_run(parent, grid.runs[label].run_dir, "evaluate", eval_dir=grid.eval_dir(label))
-        log.info("%s: %s", label, result["summary"])
-    finish("evaluate", report, grid, tracker)
+    with stage_parent(tracker, grid.experiment) as parent:
+        jobs = [(cfg, grid.eval_dir(label)) for label, cfg in grid.runs.items()]
+        with ray_session(grid.params.compute, PROJECT_ROOT):
+            report = run_all(evaluate_one, jobs, grid.params.compute, labels=list(grid.runs))
+        for label, result in report.results.items():
+            tracker.log_run(parent, grid.runs[label].run_dir, "evaluate", eval_dir=grid.eval_dir(label))
+            log.info("%s: %s", label, result["summary"])
+        finish("evaluate", report, grid, tracker)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.params import PROJECT_ROOT, Grid
 from pipeline.ray_runner import ray_session, run_all
-from pipeline.repro import current_parent
+from pipeline.repro import stage_parent
 from stages.common import finish, start, tracker_for
 
 log = logging.getLogger("stages.induced")
@@ -72,15 +72,15 @@ def main(argv=None) -> None:
         log.info("profile %s: no induced-prior experiment to run", grid.profile["name"])
         return
     tracker = tracker_for(grid)
-    parent = current_parent(tracker, grid.experiment)
-    with ray_session(grid.params.compute, PROJECT_ROOT):
-        report = run_all(run_job, list(jobs.values()), grid.params.compute, labels=list(jobs))
-    for label, result in report.results.items():
-        log.info("%s: %s", label, result["summary"])
-        job = jobs[label]
-        tracker.log_result(parent, job.out_dir / f"induced_{job.kind}.json", job.source, "induced", label,
-                           [job.out_dir / f"induced_{job.kind}_samples.png"])
-    finish("induced", report, grid, tracker)
+    with stage_parent(tracker, grid.experiment) as parent:
+        with ray_session(grid.params.compute, PROJECT_ROOT):
+            report = run_all(run_job, list(jobs.values()), grid.params.compute, labels=list(jobs))
+        for label, result in report.results.items():
+            log.info("%s: %s", label, result["summary"])
+            job = jobs[label]
+            tracker.log_result(parent, job.out_dir / f"induced_{job.kind}.json", job.source, "induced", label,
+                               [job.out_dir / f"induced_{job.kind}_samples.png"])
+        finish("induced", report, grid, tracker)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@
 
 Tables 1 and 2 come from ``evaluate``; Table 3 from ``conditional`` and the
 induced-prior table from ``induced``, when the profile has those sections.
+``<report_root>/metrics_<profile>.json``, beside the report, is the stage's DVC
+metrics file: tracked by git, so that every DVC experiment's commit holds its
+metrics (``dvc exp show``, ``dvc exp diff``, ``dvc exp apply``). The index page
+and the stage's last log line give the MLflow UI address of the profile's runs.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import logging
 
 from pipeline.params import PROJECT_ROOT, Grid
-from pipeline.repro import close_parent
 from pipeline.report import write_reports
 from pipeline.tables import collect, read_results
+from pipeline.tracking import is_local_store
 from stages.common import start, tracker_for
 
 log = logging.getLogger("stages.report")
@@ -47,15 +51,24 @@ def main(argv=None) -> None:
     name = grid.profile["name"]
     root = PROJECT_ROOT / grid.params.eval_root
     out_dir = PROJECT_ROOT / grid.params.report_root / name
+    tracker = tracker_for(grid)
+    link = tracker.experiment_link(grid.experiment)
     written = write_reports(
         results, out_dir, name, protocol(grid),
         conditional=read_results(sorted((root / "conditional" / name).glob("*/cond_eval.json"))),
         induced=read_results(sorted((root / "induced" / name).glob("induced_*.json"))),
         # DVC forbids a metrics file inside an output directory: the summary sits beside it.
         metrics_path=out_dir.parent / f"metrics_{name}.json",
+        mlflow_link=link,
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))
-    close_parent(tracker_for(grid), grid.experiment)  # the last stage of a repro
+    if link is None:
+        log.info("MLflow: experiment %s has no runs yet in %s", grid.experiment, tracker.uri)
+    elif is_local_store(tracker.uri):
+        log.info("MLflow runs of experiment %s: %s (serve them with `mlflow ui --backend-store-uri %s`)",
+                 grid.experiment, link, tracker.uri)
+    else:
+        log.info("MLflow runs of experiment %s: %s", grid.experiment, link)
 
 
 if __name__ == "__main__":

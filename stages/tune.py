@@ -20,15 +20,15 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
 from optuna.trial import FrozenTrial
 
-from pipeline.params import PROJECT_ROOT, Grid
-from pipeline.ray_runner import ray_session
+from pipeline.params import PROJECT_ROOT, Grid, absolute_paths
+from pipeline.ray_runner import check_ray_device, ray_session
 from pipeline.tracking import PARENT_TAG, Tracker, config_params, run_tags, training_metrics
 from pipeline.tune import Objective, TuneParams, objective_for, open_study, run_study, tune_params, write_tuning_report
 from stages.common import start, tracker_for
 from trip.config import ConfigError, RunConfig
+from trip.io import read_yaml_mapping
 from trip.profiles import resolve
 
 log = logging.getLogger("stages.tune")
@@ -43,18 +43,8 @@ def load(argv=None) -> tuple[Grid, TuneParams]:
     parser.add_argument("--tune-config", default=None)
     args, rest = parser.parse_known_args(argv)
     grid = start(__doc__, rest)
-    section = _read_yaml(args.tune_config) if args.tune_config else grid.params.tune
+    section = read_yaml_mapping(args.tune_config, "tune config") if args.tune_config else grid.params.tune
     return grid, tune_params(section)
-
-
-def _read_yaml(path: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    return raw
 
 
 def study_name(grid: Grid, tune: TuneParams) -> str:
@@ -66,23 +56,21 @@ def config_factory(grid: Grid, tune: TuneParams, trial_root: Path):
     def make(overrides: dict, dir_name: str) -> RunConfig:
         extra = [f"{k}={v}" for k, v in overrides.items()]
         extra += [f"train.steps={tune.steps}", f"run_dir={trial_root / dir_name}"]
-        cfg = resolve(grid.profile, tune.model, tune.prior, tune.seed, trial_root,
-                      [str(o) for o in grid.params.overrides] + extra)
-        # Absolute paths, as for the grid's runs: Ray workers need not share our working directory.
-        cfg.data.prepared_root = str(PROJECT_ROOT / cfg.data.prepared_root)
-        cfg.eval.fid_stats_dir = str(PROJECT_ROOT / cfg.eval.fid_stats_dir)
-        return cfg
+        return absolute_paths(resolve(grid.profile, tune.model, tune.prior, tune.seed, trial_root,
+                                      [str(o) for o in grid.params.overrides] + extra))
 
     return make
 
 
 def check_objective(grid: Grid, tune: TuneParams, make) -> Objective:
-    """The objective of the tuned model (with a TRIP prior); bad settings fail before any trial starts."""
+    """The objective of the tuned model (with a TRIP prior); bad settings fail before any trial starts,
+    and before Ray does: a ``device`` no trial's Ray task could use, too."""
     for key, section in (("model", "models"), ("prior", "priors")):
         if getattr(tune, key) not in grid.profile[section]:
             raise ConfigError(f"tune.{key}: {getattr(tune, key)!r} is not in profile {grid.profile['name']!r} "
                               f"({', '.join(grid.profile[section])})")
     cfg = make({}, "check")
+    check_ray_device(cfg.device, grid.params.compute.gpus_per_run, " (tune trials)")
     if cfg.prior.name != "trip":
         raise ConfigError(f"tune.prior: {tune.prior!r} is a {cfg.prior.name} prior; N and m are TRIP's")
     return objective_for(cfg.model.name)
@@ -92,7 +80,7 @@ def trial_logger(tracker: Tracker, parent: str, study: str, objective: Objective
     """Log a finished trial as an MLflow run, keyed by study and trial number so re-logging updates it."""
     def log_trial(trial: FrozenTrial, cfg: RunConfig) -> None:
         run_dir = Path(cfg.run_dir)
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = read_yaml_mapping(run_dir / "config.yaml", "run config")
         tags = {**run_tags(config, "tune"), PARENT_TAG: parent, "study": study, "trial": str(trial.number),
                 "trial_state": trial.state.name, "N": str(trial.params.get("n_components")),
                 "m": str(trial.params.get("core_size"))}
@@ -100,8 +88,7 @@ def trial_logger(tracker: Tracker, parent: str, study: str, objective: Objective
         # Not keyed by config_hash as Tracker.log_run does: two trials may draw the same N and m.
         run_id, _ = tracker.logger.find_or_create_run(
             experiment_id, "tune_trial", f"{study}/{trial.number}", f"trial-{trial.number}", tags)
-        metrics_file = run_dir / "metrics.jsonl"
-        train = training_metrics(metrics_file) if metrics_file.is_file() else []
+        train = training_metrics(run_dir / "metrics.jsonl")
         train += [(objective.metric, v, s) for s, v in sorted(trial.intermediate_values.items())]
         final = {"tune.value": trial.value} if trial.value is not None else {}
         tracker.logger.update_run(run_id, train, final, config_params(config), tags)

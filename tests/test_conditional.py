@@ -190,8 +190,9 @@ def test_train_classify_and_evaluate_both_methods(tiny_profile, tmp_path):
     section = conditional_section(profile)
     out = classifier_dir(profile, tmp_path / "runs")
     runs = [resolve_conditional(profile, m, 0.5, 0, tmp_path / "runs") for m in ("vae_trip_cond", "cvae")]
-    info = train_classifier_cached(runs[0], out, section.classifier)
-    assert set(info["accuracy"]) == set(load_classifier(out).attribute_names) and len(info["accuracy"]) == 9
+    # device "auto" is resolved as training resolves it (here: the CPU), never passed on to torch as is.
+    info = train_classifier_cached(runs[0], out, section.classifier, device="auto")
+    assert set(info["accuracy"]) == set(load_classifier(out, "auto").attribute_names) and len(info["accuracy"]) == 9
     stamp = (out / "classifier.pt").stat().st_mtime_ns
     assert train_classifier_cached(runs[0].data, out, section.classifier) == info  # cached: not retrained
     assert (out / "classifier.pt").stat().st_mtime_ns == stamp
@@ -212,7 +213,7 @@ def test_train_classify_and_evaluate_both_methods(tiny_profile, tmp_path):
         assert all(0 <= v <= 1 for v in result["readable"].values())
         grid = Image.open(tmp_path / cfg.model.name / "cond_samples.png")
         assert grid.size == (1 + 6 * 17, 1 + len(SPECS) * 17)  # one row of six 16px samples per spec
-        again = evaluate_conditional(cfg.run_dir, out, SPECS, 6, seed=0, out_dir=tmp_path / "again")
+        again = evaluate_conditional(cfg.run_dir, out, SPECS, 6, seed=0, out_dir=tmp_path / "again", device="auto")
         assert again["specs"] == result["specs"]
     with pytest.raises(ValueError, match="'nope' is not an attribute"):
         evaluate_conditional(runs[1].run_dir, out, [{"nope": 1}], 4, out_dir=tmp_path / "bad")

@@ -10,7 +10,7 @@ import torch
 
 from trip.config import load_config
 from trip.data import Split
-from trip.evaluate import likelihood_part
+from trip.evaluate import EvalContext, likelihood_part
 from trip.models import MODELS
 
 
@@ -21,7 +21,7 @@ def test_likelihood_reports_nats_and_bits_per_dimension_of_the_same_images():
     model = MODELS.get("vae")(cfg, 3).eval()
     rng = np.random.default_rng(0)
     test = Split(rng.integers(0, 256, (7, 3, 16, 16), dtype=np.uint8), np.zeros((7, 0), np.int8), ())
-    out = likelihood_part(cfg, model, None, test, cfg.eval, {"device": torch.device("cpu"), "progress": False})
+    out = likelihood_part(cfg, model, None, test, cfg.eval, EvalContext(torch.device("cpu")))
     dims = 3 * 16 * 16
     assert (out["n_examples"], out["iwae_k"], out["dims"]) == (5, 3, dims)
     for name in ("elbo", "iwae"):

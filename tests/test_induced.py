@@ -115,8 +115,8 @@ def test_run_induced_all_kinds(gan_run, tmp_path, stub_features, monkeypatch):
     checkpoint = gan_run + "/checkpoint.pt"
     source_bytes, source_files = open(checkpoint, "rb").read(), sorted(os.listdir(gan_run))
     calls = []
-    original_reverse = induced.reverse_generator
-    monkeypatch.setattr(induced, "reverse_generator", lambda *a, **k: calls.append(1) or original_reverse(*a, **k))
+    original_reverse = induced.experiment.reverse_generator
+    monkeypatch.setattr(induced.experiment, "reverse_generator", lambda *a, **k: calls.append(1) or original_reverse(*a, **k))
     cfg, out_dir = _tiny_induced(), tmp_path / "induced"
     results = {}
     for kind in ("trip", "pgan", "original"):

@@ -17,7 +17,8 @@ and ``cond_samples.png`` (one row per specification) into the run directory;
 ``all`` does everything for every run and prints a table.
 
 The functions take paths and configs and keep no state, so each can run as a
-separate (e.g. Ray) task.
+separate (e.g. Ray) task. ``device`` is resolved as training resolves it
+(:func:`trip.train.resolve_device`): ``auto`` is the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from trip.profiles import (
     read_profile,
     resolve_conditional,
 )
-from trip.train import is_complete, load_data, load_run, run
+from trip.train import is_complete, load_data, load_run, resolve_device, run
 
 log = logging.getLogger("trip.conditional")
 
@@ -87,7 +88,8 @@ def train_classifier_cached(cfg_or_data: RunConfig | DataConfig, out_dir: str | 
             return info
     train, test = load_data(RunConfig(data=data))
     start = time.perf_counter()
-    model = train_classifier(train, settings.steps, settings.batch_size, settings.lr, settings.seed, device)
+    model = train_classifier(train, settings.steps, settings.batch_size, settings.lr, settings.seed,
+                             resolve_device(str(device)))
     accuracy = classifier_accuracy(model, test)
     state = {"state_dict": model.state_dict(), "options": model.options,
              "attribute_names": list(train.attribute_names), "key": key}
@@ -108,7 +110,7 @@ def load_classifier(path: str | Path, device: str = "cpu") -> AttributeClassifie
     model = AttributeClassifier(**state["options"])
     model.load_state_dict(state["state_dict"])
     model.attribute_names = tuple(state["attribute_names"])
-    return model.to(device).eval()
+    return model.to(resolve_device(str(device))).eval()
 
 
 # -- evaluation ------------------------------------------------------------------------
@@ -137,6 +139,7 @@ def evaluate_conditional(run_dir: str | Path, classifier_path: str | Path, specs
     """
     if samples_per_spec < 1:
         raise ValueError(f"samples_per_spec must be >= 1, got {samples_per_spec}")
+    device = resolve_device(str(device))
     run_dir = Path(run_dir)
     out_dir = run_dir if out_dir is None else Path(out_dir)
     if not is_complete(run_dir):
@@ -152,6 +155,7 @@ def evaluate_conditional(run_dir: str | Path, classifier_path: str | Path, specs
     records, rows = [], []
     for i, spec in enumerate(specs):
         values, mask = spec_vector(spec, names)
+        # On the model's device: its prior draws there, and randn refuses a generator of another device.
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
         y = torch.from_numpy(values).expand(samples_per_spec, -1).to(device)
         observed = torch.from_numpy(mask).expand(samples_per_spec, -1).to(device)
@@ -177,6 +181,7 @@ def reconstruction_accuracy(model, classifier: AttributeClassifier, names: tuple
                             count: int = 512, device: str = "cpu") -> dict[str, float]:
     """Per attribute, how often the classifier reads the true value off the model's reconstructions
     (given all labels) of ``count`` images of ``split``: near 0.5, violations of that attribute say little."""
+    device = resolve_device(str(device))
     columns = [split.attribute_names.index(name) for name in names]
     x = to_float(torch.from_numpy(np.ascontiguousarray(split.images[:count]))).to(device)
     y = torch.from_numpy(split.attributes[:count, columns].astype(np.int64)).to(device)
@@ -246,7 +251,7 @@ def main(argv=None) -> None:
     parser.add_argument("--missing", type=float, help="train/evaluate: the fraction of hidden labels, e.g. 0.5")
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="seed(s) of the runs")
     parser.add_argument("--run-root", default="runs", help="run directories go under RUN_ROOT/PROFILE/")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (auto: the GPU if there is one)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run-config overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

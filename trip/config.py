@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,21 +31,118 @@ class ConfigError(ValueError):
 CONDITIONAL_MODELS = {"vae_trip_cond": "trip", "cvae": "normal"}
 GAN_MODELS = ("wgan", "wgan_gp")  # the rest are VAEs
 
+# Run identity (``config_hash``) is declared on each field, so that adding a field is one local
+# decision: ``field(metadata=...)`` with one of these; a field without one is part of the identity.
+# NOT_IDENTITY: the field never changes what a run computes (where it is written or cached, how often
+#   it is logged or checkpointed, which device or kernels do the arithmetic: resumes are exact and the
+#   hash already ignores the device, so kernel choices that only change rounding are ignored too).
+# IDENTITY_IF_SET: a later field that changes the numerics; hashed only when it differs from its
+#   default, so that every run configured before the field existed keeps its hash.
+# IDENTITY_IF_CONDITIONAL: hashed, and written to config.yaml, for conditional models only.
+NOT_IDENTITY = {"identity": "never"}
+IDENTITY_IF_SET = {"identity": "if_set"}
+IDENTITY_IF_CONDITIONAL = {"identity": "conditional"}
+AMP_MODES = ("none", "bf16")
+
+# Validation is declared the same way, so that every config section is checked by one mechanism as
+# ``build_dataclass`` builds it: a field's value rule sits in its metadata, merged with its identity
+# (``metadata=NOT_IDENTITY | bounds(gt=0)``), and a section's cross-field rules in an optional
+# ``check(self, prefix)`` method, called once the section is built. Both name the dotted key.
+
+
+def rule(test, wording: str) -> dict:
+    """Field metadata: ``test(value)`` must hold (null always passes); else ``<key>: <wording>, got <value>``.
+    One rule a field; ``|`` merges it with the field's identity marker."""
+    return {"rule": (test, wording)}
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def bounds(*, gt=None, ge=None, lt=None, le=None, finite: bool = False) -> dict:
+    """Field metadata: a number within the given bounds, worded ``> 0``, ``>= 1`` or ``in [0, 1)``."""
+    sides = [(op, b) for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
+    if len(sides) == 2:
+        (low_op, low), (high_op, high) = sides
+        wording = f"in {'[' if low_op == '>=' else '('}{low}, {high}{']' if high_op == '<=' else ')'}"
+    else:
+        wording = f"{sides[0][0]} {sides[0][1]}"
+
+    def test(value) -> bool:
+        return all(_OPS[op](value, b) for op, b in sides) and (not finite or math.isfinite(value))
+
+    return rule(test, f"must be {'a finite number ' if finite else ''}{wording}")
+
+
+def choices(*options: str) -> dict:
+    """Field metadata: one of ``options``."""
+    return rule(lambda v: v in options, f"must be {' or '.join(options)}")
+
+
+NON_EMPTY = rule(lambda v: bool(v.strip() if isinstance(v, str) else v), "must not be empty")
+POSITIVE = bounds(gt=0)
+
+
+def is_number(value) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _are_betas(betas) -> bool:
+    return len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
+
+
+BETAS = rule(_are_betas, "must be two numbers in [0, 1)")
+
+
+def _is_range(pair) -> bool:
+    return len(pair) == 2 and all(is_number(v) for v in pair) and pair[0] < pair[1]
+
+
+def _distinct_names(names) -> bool:
+    return bool(names) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+
+
+def _registered(key: str, registry, name: str) -> None:
+    if name not in registry:
+        raise ConfigError(f"{key}: unknown name {name!r}; known: {', '.join(registry.names())}")
+
 
 @dataclass
 class DataConfig:
     name: str = "shapes"  # a name in trip.data.DATASETS
     image_size: int = 32
     options: dict = field(default_factory=dict)  # extra keyword options of the loader
-    prepared_root: str = "data/prepared"  # prepared arrays are cached here, keyed by name and options
+    # prepared arrays are cached here, keyed by name and options: a cache location, not an input
+    prepared_root: str = field(default="data/prepared", metadata=NOT_IDENTITY)
+
+    def check(self, prefix: str) -> None:
+        from trip.data import DATASETS
+
+        _registered(f"{prefix}name", DATASETS, self.name)
+        accepted = inspect.signature(DATASETS.get(self.name)).parameters
+        for name in self.options:
+            if name == "image_size":
+                raise ConfigError(f"{prefix}options.image_size: set {prefix}image_size instead")
+            if name not in accepted:
+                raise ConfigError(f"{prefix}options.{name}: not an option of this dataset "
+                                  f"(options: {', '.join(accepted)})")
 
 
 @dataclass
 class ModelConfig:
     name: str = "vae"  # vae | wgan | wgan_gp
     arch: str = "small"  # a name in trip.models.architectures.ARCHITECTURES
-    latent_dim: int = 16
+    latent_dim: int = field(default=16, metadata=POSITIVE)
     likelihood: str = "discretized_gaussian"  # VAE decoder likelihood
+
+    def check(self, prefix: str) -> None:
+        from trip.models import MODELS
+        from trip.models.architectures import ARCHITECTURES
+        from trip.models.likelihoods import LIKELIHOODS
+
+        for name, registry in (("name", MODELS), ("arch", ARCHITECTURES), ("likelihood", LIKELIHOODS)):
+            _registered(prefix + name, registry, getattr(self, name))
 
 
 @dataclass
@@ -51,9 +150,10 @@ class PriorConfig:
     name: str = "normal"  # normal | gmm | trip
     learnable: bool = True
     dim: int | None = None  # defaults to model.latent_dim; set only to pin it
-    n_components: int = 10  # N per dimension (TRIP) or K in total (GMM)
-    core_size: int = 20  # TRIP core size m
-    mean_range: list = field(default_factory=lambda: [-1.0, 1.0])
+    n_components: int = field(default=10, metadata=POSITIVE)  # N per dimension (TRIP) or K in total (GMM)
+    core_size: int = field(default=20, metadata=POSITIVE)  # TRIP core size m
+    mean_range: list = field(default_factory=lambda: [-1.0, 1.0],
+                             metadata=rule(_is_range, "must be [low, high] with low < high"))
     # null: the prior's own default. TRIP: half the spacing of N means on mean_range (1/N on [-1, 1],
     # paper Sec. 3.2); GMM: exp(-1/2), the paper's code's log-variance -1 (trip.priors.gmm.GMM_INIT_STD).
     init_std: float | None = None
@@ -62,86 +162,109 @@ class PriorConfig:
     # counted in optimiser steps done: at step 0, at `reinit_first_step`, then every
     # `reinit_every_steps` (0: no repeats). The defaults are the paper's code's (train_vaes.py):
     # before its 10k-iteration blocks 1 and 6 of 8, i.e. at 0, 10,000 and 60,000 of 80,000 steps.
-    reinit_first_step: int = 10000
-    reinit_every_steps: int = 50000
-    reinit_codes: int = 10000  # training images encoded for each re-initialisation
+    reinit_first_step: int = field(default=10000, metadata=bounds(ge=0))
+    reinit_every_steps: int = field(default=50000, metadata=bounds(ge=0))
+    reinit_codes: int = field(default=10000, metadata=POSITIVE)  # training images encoded for each re-initialisation
+
+    def check(self, prefix: str) -> None:
+        from trip.priors import PRIORS
+
+        _registered(f"{prefix}name", PRIORS, self.name)
+        if self.name == "trip" and self.reinit_codes < self.n_components:
+            raise ConfigError(f"{prefix}reinit_codes: {self.reinit_codes} codes cannot fit "
+                              f"{self.n_components} components")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000  # generator (GAN) or optimiser (VAE) steps
-    batch_size: int = 64
-    lr: float = 1e-3
-    prior_lr: float | None = None  # defaults to lr
-    optimizer: str = "adam"  # adam | rmsprop
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    steps: int = field(default=3000, metadata=POSITIVE)  # generator (GAN) or optimiser (VAE) steps
+    batch_size: int = field(default=64, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=POSITIVE)
+    prior_lr: float | None = field(default=None, metadata=POSITIVE)  # defaults to lr
+    optimizer: str = field(default="adam", metadata=choices("adam", "rmsprop"))
+    betas: list = field(default_factory=lambda: [0.9, 0.999], metadata=BETAS)
     # A learnable prior's own Adam with these betas (the paper's code: Adam(prior, lp_lr), default
     # betas); null: the prior is a parameter group of the networks' optimiser (optimizer, betas).
-    prior_betas: list | None = None
-    n_critic: int = 5
-    clip: float = 0.01  # WGAN weight clipping
-    gp_weight: float = 10.0  # WGAN-GP gamma
-    log_every: int = 50
-    checkpoint_every: int = 500
-    sample_count: int = 64
+    prior_betas: list | None = field(default=None, metadata=BETAS)
+    n_critic: int = field(default=5, metadata=POSITIVE)
+    clip: float = field(default=0.01, metadata=POSITIVE)  # WGAN weight clipping
+    gp_weight: float = field(default=10.0, metadata=POSITIVE)  # WGAN-GP gamma
+    # Resumes are exact, so how often a run logs and checkpoints changes nothing.
+    log_every: int = field(default=50, metadata=NOT_IDENTITY | POSITIVE)
+    checkpoint_every: int = field(default=500, metadata=NOT_IDENTITY | POSITIVE)
+    sample_count: int = field(default=64, metadata=POSITIVE)
     # Convergence tracking: the domain FD (trip.metrics.domain) of fd_samples images from a fixed
-    # seed, every fd_every steps and at half and all of the steps; 0 disables it. Measurement only.
-    fd_every: int = 0
-    fd_samples: int = 2000
+    # seed, every fd_every steps and at half and all of the steps; 0 disables it. Measurement only:
+    # the probe draws from a forked RNG.
+    fd_every: int = field(default=0, metadata=NOT_IDENTITY)
+    fd_samples: int = field(default=2000, metadata=NOT_IDENTITY)
+    # Speed switches for GPUs (README, "Training on GPUs"); the defaults are the float32 path as it
+    # always was. amp: none | bf16, bf16 autocast for the networks only (the prior, the likelihood,
+    # the KL and the gradient penalty stay float32). bf16 changes what the networks compute, so it is
+    # part of the run's identity.
+    amp: str = field(default="none", metadata=IDENTITY_IF_SET | choices(*AMP_MODES))
+    # The rest change at most the rounding, as the device does, and a run may resume with them
+    # switched: NHWC layout of the networks and batches; cuDNN's per-shape kernel timing (off under
+    # deterministic); torch.compile of the networks; the uint8 training images held on the run
+    # device with batches indexed there (the same batches); deterministic kernels
+    # (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG), which a bit-identical resume on
+    # CUDA needs (on the CPU it is always bit-identical).
+    channels_last: bool = field(default=False, metadata=NOT_IDENTITY)
+    cudnn_benchmark: bool = field(default=False, metadata=NOT_IDENTITY)
+    compile: bool = field(default=False, metadata=NOT_IDENTITY)
+    resident_data: bool = field(default=False, metadata=NOT_IDENTITY)
+    deterministic: bool = field(default=False, metadata=NOT_IDENTITY)
 
 
 @dataclass
 class LabelsConfig:
     """Attribute labels of the conditional models (paper Sec. 4); other models ignore this section."""
 
-    missing: float = 0.0  # fraction of each attribute's values hidden, fixed per training example
-    attributes: list | None = None  # dataset attribute names to condition on; null: all of them
+    # fraction of each attribute's values hidden, fixed per training example
+    missing: float = field(default=0.0, metadata=bounds(ge=0, le=1))
+    # dataset attribute names to condition on; null: all of them
+    attributes: list | None = field(
+        default=None, metadata=rule(_distinct_names, "must be null or a non-empty list of distinct names"))
 
 
 @dataclass
 class EvalConfig:
     """What ``python -m trip.evaluate`` computes; not part of the run's identity."""
 
-    fid_samples: int = 1000  # generated images, and reference images of fid_split
-    fid_split: str = "train"
-    fid_batch_size: int = 50
+    fid_samples: int = field(default=1000, metadata=POSITIVE)  # generated images, and reference images of fid_split
+    fid_split: str = field(default="train", metadata=choices("train", "test"))
+    fid_batch_size: int = field(default=50, metadata=POSITIVE)
     fid_stats_dir: str = "data/fid_stats"
-    likelihood_examples: int = 1000  # test images for ELBO and IWAE (VAE)
-    iwae_k: int = 100
-    reversal_examples: int = 1024  # training images reversed into codes (GAN); PAG needs >= 8 d of them
-    reversal_steps: int = 200
+    likelihood_examples: int = field(default=1000, metadata=POSITIVE)  # test images for ELBO and IWAE (VAE)
+    iwae_k: int = field(default=100, metadata=POSITIVE)
+    # training images reversed into codes (GAN); PAG needs >= 8 d of them
+    reversal_examples: int = field(default=1024, metadata=POSITIVE)
+    reversal_steps: int = field(default=200, metadata=POSITIVE)
     reversal_lr: float | None = None  # Adam's step on the codes; None: trip.metrics.reversal's default (0.1)
-    disagreement_prior_samples: int = 2000
-    disagreement_count: int = 16
-    hop_trajectories: int = 6
-    hop_steps: int = 8
-    hop_dims: int = 5
+    disagreement_prior_samples: int = field(default=2000, metadata=POSITIVE)
+    disagreement_count: int = field(default=16, metadata=POSITIVE)
+    hop_trajectories: int = field(default=6, metadata=POSITIVE)
+    hop_steps: int = field(default=8, metadata=POSITIVE)
+    hop_dims: int = field(default=5, metadata=POSITIVE)
     seed: int = 0
     # Dataset-native metrics (trip.metrics.domain) in the feature space of the attribute classifier:
     # Frechet distance, KID and precision/recall of domain_samples generated images against the first
     # domain_real test images (the floor: the next domain_real test images), and mode coverage, KL and TV
     # over the exact attribute joint of mode_samples generated (and test) images where the dataset has one.
-    domain_samples: int = 5000
-    domain_real: int = 5000
-    mode_samples: int = 10000
-    kid_subsets: int = 50
-    kid_subset_size: int = 1000
-    pr_k: int = 3  # neighbours that define the precision/recall manifolds
-    domain_classifier_steps: int = 2000  # training steps of the feature/attribute network
-    domain_batch_size: int = 500
+    domain_samples: int = field(default=5000, metadata=POSITIVE)
+    domain_real: int = field(default=5000, metadata=POSITIVE)
+    mode_samples: int = field(default=10000, metadata=POSITIVE)
+    kid_subsets: int = field(default=50, metadata=POSITIVE)
+    kid_subset_size: int = field(default=1000, metadata=bounds(ge=2))
+    pr_k: int = field(default=3, metadata=POSITIVE)  # neighbours that define the precision/recall manifolds
+    domain_classifier_steps: int = field(default=2000, metadata=POSITIVE)  # training steps of the feature network
+    domain_batch_size: int = field(default=500, metadata=POSITIVE)
     domain_cache_dir: str = "data/domain"  # the network and reference features, keyed by the data config
 
-    def __post_init__(self) -> None:
-        for name in ("domain_samples", "domain_real", "mode_samples", "kid_subsets", "kid_subset_size", "pr_k",
-                     "domain_classifier_steps", "domain_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"eval.{name}: must be an integer >= 1, got {value!r}")
-        if self.kid_subset_size < 2:
-            raise ConfigError(f"eval.kid_subset_size: must be >= 2, got {self.kid_subset_size}")
+    def check(self, prefix: str) -> None:
         if self.pr_k >= min(self.domain_samples, self.domain_real):
-            raise ConfigError(f"eval.pr_k: must be below eval.domain_samples ({self.domain_samples}) and "
-                              f"eval.domain_real ({self.domain_real}), got {self.pr_k}")
+            raise ConfigError(f"{prefix}pr_k: must be below {prefix}domain_samples ({self.domain_samples}) and "
+                              f"{prefix}domain_real ({self.domain_real}), got {self.pr_k}")
 
 
 @dataclass
@@ -150,11 +273,12 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata=NOT_IDENTITY)
+    labels: LabelsConfig = field(default_factory=LabelsConfig, metadata=IDENTITY_IF_CONDITIONAL)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    run_dir: str = "runs/default"
+    device: str = field(default="auto", metadata=NOT_IDENTITY | rule(
+        lambda d: d in ("auto", "cpu", "cuda") or d.startswith("cuda:"), "must be auto, cpu, cuda or cuda:N"))
+    run_dir: str = field(default="runs/default", metadata=NOT_IDENTITY)
 
     @property
     def prior_dim(self) -> int:
@@ -164,13 +288,38 @@ class RunConfig:
     def conditional(self) -> bool:
         return self.model.name in CONDITIONAL_MODELS
 
+    def check(self, prefix: str) -> None:
+        """The rules across sections, each section being checked already; messages name the key."""
+        from trip.models.architectures import check_image_size
+
+        sizes = known_split_sizes(self.data)  # loader option values and the batch size, before any data is read
+        if sizes is not None and self.train.batch_size > sizes[0]:
+            raise ConfigError(f"train.batch_size: {self.train.batch_size} exceeds the {sizes[0]} training images")
+        try:
+            check_image_size(self.model.arch, self.data.image_size)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None  # the message names data.image_size
+        if self.model.name in GAN_MODELS and self.eval.reversal_examples < self.model.latent_dim:
+            raise ConfigError(
+                f"eval.reversal_examples: {self.eval.reversal_examples} codes give a singular code matrix "
+                f"in {self.model.latent_dim} dimensions (PAG = inf); use at least model.latent_dim")
+        if self.prior.dim is not None and self.prior.dim != self.model.latent_dim:
+            raise ConfigError(f"prior.dim: {self.prior.dim} does not match model.latent_dim {self.model.latent_dim}")
+        known = static_attributes(self.data.name)
+        unknown = [n for n in self.labels.attributes or [] if known is not None and n not in known]
+        if unknown:
+            raise ConfigError(f"labels.attributes: {unknown[0]!r} is not an attribute of {self.data.name} "
+                              f"(has: {', '.join(known)})")
+        wanted = CONDITIONAL_MODELS.get(self.model.name)
+        if wanted is not None and self.prior.name != wanted:
+            raise ConfigError(f"prior.name: {self.model.name} is built with the {wanted!r} prior, "
+                              f"got {self.prior.name!r}")
+
 
 # -- reading ---------------------------------------------------------------------------
 def load_config(raw: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build and validate a RunConfig from a nested dict and ``key.path=value`` overrides."""
-    cfg = build_with_overrides(RunConfig, raw, overrides)
-    validate(cfg)
-    return cfg
+    return build_with_overrides(RunConfig, raw, overrides)
 
 
 def build_with_overrides(cls, raw: dict | None, overrides: list[str] | None = None):
@@ -182,13 +331,9 @@ def build_with_overrides(cls, raw: dict | None, overrides: list[str] | None = No
 
 
 def read_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
+    from trip.io import read_yaml_mapping  # trip.io imports this module
+
+    raw = read_yaml_mapping(path, "config file")
     raw.pop("config_hash", None)  # written into run directories' config.yaml
     return load_config(raw, overrides)
 
@@ -208,7 +353,8 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def build_dataclass(cls, raw: Any, prefix: str = ""):
-    """A dataclass instance from a nested dict, type-checked; errors name the dotted key."""
+    """A dataclass instance from a nested dict, type-checked and validated as it is built: each value
+    against its field's ``rule``, then the section's ``check`` hook; errors name the dotted key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -221,9 +367,20 @@ def build_dataclass(cls, raw: Any, prefix: str = ""):
         key, kind = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(kind):
             values[name] = build_dataclass(kind, value, key + ".")
-        else:
-            values[name] = _check_type(key, value, kind)
-    return cls(**values)
+            continue
+        values[name] = value = _check_type(key, value, kind)
+        test, wording = fields[name].metadata.get("rule", (None, None))
+        if test is not None and value is not None and not test(value):
+            raise ConfigError(f"{key}: {wording}, got {value!r}")
+    section = cls(**values)
+    if hasattr(section, "check"):
+        section.check(prefix)
+    return section
+
+
+def validate(cfg, prefix: str = "") -> None:
+    """Check a config section built in code as ``build_dataclass`` checks one read from a dict."""
+    build_dataclass(type(cfg), dataclasses.asdict(cfg), prefix)
 
 
 def _check_type(key: str, value: Any, kind) -> Any:
@@ -239,111 +396,12 @@ def _check_type(key: str, value: Any, kind) -> Any:
     raise ConfigError(f"{key}: expected {names}, got {value!r}")
 
 
-# -- validation ------------------------------------------------------------------------
-def validate(cfg: RunConfig) -> None:
-    """Every check that can fail before training starts; messages name the key."""
-    from trip.data import DATASETS
-    from trip.models import MODELS
-    from trip.models.architectures import ARCHITECTURES, check_image_size
-    from trip.models.likelihoods import LIKELIHOODS
-    from trip.priors import PRIORS
-
-    for key, registry, name in (
-        ("data.name", DATASETS, cfg.data.name),
-        ("model.name", MODELS, cfg.model.name),
-        ("model.arch", ARCHITECTURES, cfg.model.arch),
-        ("model.likelihood", LIKELIHOODS, cfg.model.likelihood),
-        ("prior.name", PRIORS, cfg.prior.name),
-    ):
-        if name not in registry:
-            raise ConfigError(f"{key}: unknown name {name!r}; known: {', '.join(registry.names())}")
-    _check_loader_options(DATASETS.get(cfg.data.name), cfg.data.options)
-    _check_known_sizes(cfg)
-    try:
-        check_image_size(cfg.model.arch, cfg.data.image_size)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None  # the message names data.image_size
-    _positive(cfg, ["model.latent_dim", "prior.n_components", "prior.core_size", "prior.reinit_codes"])
-    _positive(cfg, ["train.steps", "train.batch_size", "train.n_critic", "train.log_every"])
-    _positive(cfg, ["train.checkpoint_every", "train.sample_count", "train.lr", "train.gp_weight"])
-    _positive(cfg, ["eval.fid_samples", "eval.fid_batch_size", "eval.likelihood_examples", "eval.iwae_k"])
-    _positive(cfg, ["eval.reversal_examples", "eval.reversal_steps", "eval.disagreement_prior_samples"])
-    _positive(cfg, ["eval.disagreement_count", "eval.hop_trajectories", "eval.hop_steps", "eval.hop_dims"])
-    if cfg.model.name in GAN_MODELS and cfg.eval.reversal_examples < cfg.model.latent_dim:
-        raise ConfigError(
-            f"eval.reversal_examples: {cfg.eval.reversal_examples} codes give a singular code matrix "
-            f"in {cfg.model.latent_dim} dimensions (PAG = inf); use at least model.latent_dim"
-        )
-    if cfg.eval.fid_split not in ("train", "test"):
-        raise ConfigError(f"eval.fid_split: must be train or test, got {cfg.eval.fid_split!r}")
-    if cfg.prior.dim is not None and cfg.prior.dim != cfg.model.latent_dim:
-        raise ConfigError(
-            f"prior.dim: {cfg.prior.dim} does not match model.latent_dim {cfg.model.latent_dim}"
-        )
-    if cfg.prior.name == "trip" and cfg.prior.reinit_codes < cfg.prior.n_components:
-        raise ConfigError(
-            f"prior.reinit_codes: {cfg.prior.reinit_codes} codes cannot fit {cfg.prior.n_components} components"
-        )
-    if cfg.train.prior_lr is not None and not cfg.train.prior_lr > 0:
-        raise ConfigError(f"train.prior_lr: must be > 0, got {cfg.train.prior_lr}")
-    if cfg.train.optimizer not in ("adam", "rmsprop"):
-        raise ConfigError(f"train.optimizer: must be adam or rmsprop, got {cfg.train.optimizer!r}")
-    for key, betas in (("train.betas", cfg.train.betas), ("train.prior_betas", cfg.train.prior_betas)):
-        if betas is not None and not _are_betas(betas):
-            raise ConfigError(f"{key}: must be two numbers in [0, 1), got {betas}")
-    if not cfg.train.clip > 0:
-        raise ConfigError(f"train.clip: must be > 0, got {cfg.train.clip}")
-    for key in ("reinit_first_step", "reinit_every_steps"):
-        if getattr(cfg.prior, key) < 0:
-            raise ConfigError(f"prior.{key}: must be >= 0 (optimiser steps), got {getattr(cfg.prior, key)}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    low, high = cfg.prior.mean_range if len(cfg.prior.mean_range) == 2 else (1, 0)
-    if not low < high:
-        raise ConfigError(f"prior.mean_range: must be [low, high] with low < high, got {cfg.prior.mean_range}")
-    _check_labels(cfg)
-
-
-def _check_labels(cfg: RunConfig) -> None:
-    labels = cfg.labels
-    if not 0 <= labels.missing <= 1:
-        raise ConfigError(f"labels.missing: must be in [0, 1], got {labels.missing}")
-    names = labels.attributes
-    if names is not None:
-        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-            raise ConfigError(f"labels.attributes: must be null or a non-empty list of distinct names, got {names}")
-        known = static_attributes(cfg.data.name)
-        unknown = [n for n in names if known is not None and n not in known]
-        if unknown:
-            raise ConfigError(f"labels.attributes: {unknown[0]!r} is not an attribute of {cfg.data.name} "
-                              f"(has: {', '.join(known)})")
-    wanted = CONDITIONAL_MODELS.get(cfg.model.name)
-    if wanted is not None and cfg.prior.name != wanted:
-        raise ConfigError(f"prior.name: {cfg.model.name} is built with the {wanted!r} prior, got {cfg.prior.name!r}")
-
-
+# -- dataset facts used by the checks -------------------------------------------------
 def static_attributes(dataset: str) -> tuple[str, ...] | None:
     """A dataset's attribute names when they are fixed by its loader; None when they come from its files."""
     from trip.data import celeba, shapes
 
     return {"shapes": shapes.ATTRIBUTES, "celeba": celeba.ATTRIBUTES}.get(dataset)
-
-
-def _positive(cfg: RunConfig, keys: list[str]) -> None:
-    for key in keys:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not value > 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-
-
-def _are_betas(betas) -> bool:
-    return len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
-
-
-def is_number(value) -> bool:
-    """An int or float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def known_split_sizes(data: DataConfig) -> tuple[int, int] | None:
@@ -361,38 +419,34 @@ def known_split_sizes(data: DataConfig) -> tuple[int, int] | None:
         raise ConfigError(f"data.options.{err}") from None
 
 
-def _check_known_sizes(cfg: RunConfig) -> None:
-    """Loader option values and the batch size against the dataset's known size, before any data is read."""
-    sizes = known_split_sizes(cfg.data)
-    if sizes is not None and cfg.train.batch_size > sizes[0]:
-        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {sizes[0]} training images")
-
-
-def _check_loader_options(loader, options: dict) -> None:
-    accepted = inspect.signature(loader).parameters
-    for name in options:
-        if name == "image_size":
-            raise ConfigError("data.options.image_size: set data.image_size instead")
-        if name not in accepted:
-            raise ConfigError(f"data.options.{name}: not an option of this dataset (options: {', '.join(accepted)})")
-
-
 # -- identity --------------------------------------------------------------------------
 def to_dict(cfg: RunConfig) -> dict:
     """The config as plain data; ``labels`` only for conditional models, so other runs keep their hash."""
     content = dataclasses.asdict(cfg)
-    if not cfg.conditional:
-        content.pop("labels")
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("identity") == "conditional" and not cfg.conditional:
+            content.pop(f.name)
     return content
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Content hash of everything that changes the result (not where it is written or run)."""
-    content = to_dict(cfg)
-    for key in ("run_dir", "device", "eval"):
-        content.pop(key)
-    # Resumes are exact and the FD probe draws from a forked RNG, so these change nothing.
-    for key in ("log_every", "checkpoint_every", "fd_every", "fd_samples"):
-        content["train"].pop(key)
-    content["data"].pop("prepared_root")  # a cache location, not an input
+    """Content hash of everything that changes the result, as each field declares (see NOT_IDENTITY)."""
+    content = _identity(cfg, cfg.conditional)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _identity(section, conditional: bool) -> dict:
+    """The fields of a config section that are part of the run's identity, as plain data."""
+    content = {}
+    for f in dataclasses.fields(section):
+        kind, value = f.metadata.get("identity", "always"), getattr(section, f.name)
+        if kind == "never" or (kind == "conditional" and not conditional):
+            continue
+        if kind == "if_set" and value == _default(f):
+            continue
+        content[f.name] = _identity(value, conditional) if dataclasses.is_dataclass(value) else value
+    return content
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from trip import figures
 from trip.config import ConfigError, EvalConfig, RunConfig, load_config
 from trip.data import Split, to_float
-from trip.io import atomic_write_text
+from trip.io import atomic_write_text, read_metrics, read_yaml_mapping
 from trip.metrics import fid as fidlib
 from trip.metrics.reversal import REVERSAL_VERSION
 from trip.models import VAE
@@ -89,21 +90,41 @@ def reference_statistics(cfg: RunConfig, ev: EvalConfig, train: Split, test: Spl
     return stats, count, inception
 
 
-def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+@dataclass(frozen=True)
+class EvalContext:
+    """What every evaluation part gets besides the run: where it runs and where its files go.
+
+    ``out_dir`` is needed only by the parts that write figures; FID callers
+    outside this module (the tune stage, induced priors) leave it unset.
+    """
+
+    device: torch.device
+    progress: bool = False
+    fid_model: torch.nn.Module | None = None  # a stand-in for Inception (tests)
+    out_dir: Path | None = None
+
+    @property
+    def figure_dir(self) -> Path:
+        if self.out_dir is None:
+            raise ValueError("this evaluation part writes figures: give EvalContext an out_dir")
+        return self.out_dir / "figures"
+
+
+def fid_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: EvalContext) -> dict:
     stats, count, inception = reference_statistics(
-        cfg, ev, train, test, ctx["device"], ctx.get("fid_model"), ctx["progress"]
+        cfg, ev, train, test, ctx.device, ctx.fid_model, ctx.progress
     )
     samples = batched_samples(model, count, ev.fid_batch_size, ev.seed)
     result = fidlib.compute_fid(
-        fidlib.to_uint8(samples, (-1, 1)), stats, batch_size=ev.fid_batch_size, device=ctx["device"],
-        model=inception, progress=ctx["progress"],
+        fidlib.to_uint8(samples, (-1, 1)), stats, batch_size=ev.fid_batch_size, device=ctx.device,
+        model=inception, progress=ctx.progress,
     )
     log.info("%s: %s", cfg.run_dir, result)
     return {"value": result.value, "n_samples": result.n_samples, "n_reference": result.n_reference,
             "reference_split": ev.fid_split, "text": str(result)}
 
 
-def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: EvalContext) -> dict:
     """Test-set ELBO and IWAE(k) in nats per image and in bits per dimension (``*_bpd``, over ``dims``
     = C*H*W values), mean and standard error over images."""
     from trip.models.vae import bits_per_dim
@@ -113,8 +134,8 @@ def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalCo
     elbo, iwae = [], []
     batch = max(1, 4096 // ev.iwae_k)  # B * k codes per IWAE call
     with torch.no_grad():
-        for chunk in tqdm(images.split(batch), desc=f"IWAE k={ev.iwae_k}", disable=not ctx["progress"]):
-            x = to_float(chunk).to(ctx["device"])
+        for chunk in tqdm(images.split(batch), desc=f"IWAE k={ev.iwae_k}", disable=not ctx.progress):
+            x = to_float(chunk).to(ctx.device)
             elbo.append(model.elbo(x).double().cpu())
             iwae.append(model.iwae(x, k=ev.iwae_k).double().cpu())
     dims = images[0].numel()
@@ -132,15 +153,15 @@ def likelihood_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalCo
     return out
 
 
-def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: EvalContext) -> dict:
     from trip.metrics.reversal import evaluate_reversal
 
     images = to_float(torch.from_numpy(np.ascontiguousarray(train.images[: ev.reversal_examples])))
     result = evaluate_reversal(
-        model, images.to(ctx["device"]), steps=ev.reversal_steps, n_prior=ev.disagreement_prior_samples,
+        model, images.to(ctx.device), steps=ev.reversal_steps, n_prior=ev.disagreement_prior_samples,
         count=ev.disagreement_count, seed=ev.seed, lr=ev.reversal_lr,
     )
-    fig_dir = ctx["figure_dir"]
+    fig_dir = ctx.figure_dir
     figures.save_image_grid(result.pop("disagreement_images").cpu(), fig_dir / "disagreement.png")
     figures.plot_reversal_curve(result["reversal_curve"], fig_dir / "reversal_curve.png")
     log.info("%s: PAG %.2f, reversal MSE %.4f", cfg.run_dir, result["pag"], result["reversal_final_mse"])
@@ -148,8 +169,8 @@ def reversal_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConf
             "figures": ["figures/disagreement.png", "figures/reversal_curve.png"]}
 
 
-def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
-    fig_dir, run_dir = ctx["figure_dir"], Path(cfg.run_dir)
+def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: EvalContext) -> dict:
+    fig_dir, run_dir = ctx.figure_dir, Path(cfg.run_dir)
     metrics = run_dir / "metrics.jsonl"
     made = [figures.save_image_grid(batched_samples(model, 64, 64, ev.seed), fig_dir / "samples.png")]
     made.append(figures.plot_training_curves(metrics, fig_dir / "training_curves.png"))
@@ -161,26 +182,27 @@ def figures_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfi
     hop_dims = min(ev.hop_dims, prior.dim)
     made.append(figures.plot_mode_hopping(prior, lambda z: decode(z).float(), fig_dir / "mode_hopping.png",
                                           ev.hop_trajectories, ev.hop_steps, hop_dims, seed=ev.seed))
-    return {"files": [str(Path(p).relative_to(ctx["out_dir"])) for p in made]}
+    return {"files": [str(Path(p).relative_to(ctx.out_dir)) for p in made]}
 
 
-def domain_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: dict) -> dict:
+def domain_part(cfg: RunConfig, model, train: Split, test: Split, ev: EvalConfig, ctx: EvalContext) -> dict:
     """FD, KID, precision/recall and mode coverage in the attribute classifier's features (trip.metrics.domain)."""
     from trip.metrics.domain import check_test_size, evaluate_domain, load_domain_reference
 
     check_test_size(cfg.data.name, len(test), ev)  # before the classifier is trained
-    reference = load_domain_reference(cfg.data, ev, test, ctx["device"], ctx["progress"])
+    reference = load_domain_reference(cfg.data, ev, test, ctx.device, ctx.progress)
     torch.manual_seed(ev.seed)
-    return evaluate_domain(reference, lambda n: model.sample(n).float(), ev, test, cfg.data, ctx["progress"])
+    return evaluate_domain(reference, lambda n: model.sample(n).float(), ev, test, cfg.data, ctx.progress)
 
 
 def training_summary(run_dir: Path) -> dict:
     """Steps, wall time and the convergence verdict that training wrote into ``complete.json``."""
-    from trip.train import convergence, read_metrics
+    from trip.train import convergence
 
     done = json.loads((run_dir / "complete.json").read_text())
-    # Runs trained before convergence tracking existed get it from their metrics (often: unknown).
-    verdict = done.get("convergence") or convergence(read_metrics(run_dir / "metrics.jsonl"), done["steps"])
+    verdict = done.get("convergence")
+    if not verdict:  # runs trained before convergence tracking existed get it from their metrics (often: unknown)
+        verdict = convergence(read_metrics(run_dir / "metrics.jsonl", missing_ok=True), done["steps"])
     return {**verdict, "wall_seconds": done.get("wall_seconds")}
 
 
@@ -216,9 +238,8 @@ def evaluate(run_dir: str | Path, ev: EvalConfig | None = None, device: str = "a
     if train.images.shape[1] != model.image_channels:
         raise ConfigError(f"data: {cfg.data.name} has {train.images.shape[1]}-channel images, "
                           f"but the run was trained on {model.image_channels} channels")
-    ctx = {"device": dev, "progress": sys.stderr.isatty() if progress is None else progress,
-           "figure_dir": out_dir / "figures", "fid_model": fid_model, "out_dir": out_dir}
-    ctx["figure_dir"].mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext(dev, sys.stderr.isatty() if progress is None else progress, fid_model, out_dir)
+    ctx.figure_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "eval.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     checkpoint = file_digest(run_dir / "checkpoint.pt")
@@ -259,9 +280,8 @@ def main(argv=None) -> None:
 
 
 def _eval_config(run_dir: str, overrides: list[str]) -> EvalConfig:
-    import yaml
-
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) if (Path(run_dir) / "config.yaml").exists() else {}
+    saved = Path(run_dir) / "config.yaml"
+    raw = read_yaml_mapping(saved, "run config") if saved.exists() else {}
     raw.pop("config_hash", None)
     bad = [o for o in overrides if not o.startswith("eval.")]
     if bad:

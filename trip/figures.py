@@ -15,7 +15,6 @@ importing this module changes no global state.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trip.io import atomic_write
+from trip.config import is_number
+from trip.io import atomic_write, read_metrics
 from trip.priors import GMMPrior, Prior, TRIPPrior
 
 #: Component means +- this many standard deviations bound the automatic window.
@@ -241,31 +241,6 @@ def save_image_grid(images: Tensor, path, nrow: int | None = None, padding: int 
 
 
 # -- training curves -----------------------------------------------------------------
-def read_metrics(metrics_path) -> list[dict]:
-    """The records of a ``metrics.jsonl``; a clear error naming the file if it is unusable."""
-    metrics_path = Path(metrics_path)
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"metrics file {metrics_path} does not exist")
-    records = []
-    for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"metrics file {metrics_path}, line {number} is not JSON: {err}") from None
-        if not isinstance(record, dict) or not _is_number(record.get("step")):
-            raise ValueError(f"metrics file {metrics_path}, line {number} has no numeric 'step': {line[:80]!r}")
-        records.append(record)
-    if not records:
-        raise ValueError(f"metrics file {metrics_path} is empty")
-    return records
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def plot_training_curves(metrics_path, path, keys=None) -> Path:
     """One panel per metric against the step: ELBO, recon and KL for a VAE; Wasserstein
     distance, gradient penalty, generator loss and prior surrogate for a GAN.
@@ -274,7 +249,9 @@ def plot_training_curves(metrics_path, path, keys=None) -> Path:
     by default every numeric metric except those three, in file order.
     """
     records = read_metrics(metrics_path)
-    present = list(dict.fromkeys(k for r in records for k, v in r.items() if _is_number(v)))
+    if not records:
+        raise ValueError(f"metrics file {metrics_path} is empty")
+    present = list(dict.fromkeys(k for r in records for k, v in r.items() if is_number(v)))
     if keys is None:
         keys = [k for k in present if k not in NOT_CURVES]
         if not keys:
@@ -289,7 +266,7 @@ def plot_training_curves(metrics_path, path, keys=None) -> Path:
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        pairs = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]
+        pairs = [(r["step"], r[key]) for r in records if is_number(r.get(key))]
         ax.plot(*zip(*pairs), marker="." if len(pairs) < 30 else None)
         ax.set(title=key, xlabel="step")
         ax.grid(alpha=0.3)

@@ -37,9 +37,9 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from trip.config import ConfigError, RunConfig, build_dataclass, is_number, load_config, static_attributes
+from trip.config import (POSITIVE, ConfigError, RunConfig, build_dataclass, is_number, load_config, rule,
+                         static_attributes)
+from trip.io import read_yaml_mapping
 
 SECTIONS = ("base", "models", "priors", "name", "conditional", "induced")  # induced: trip.induced.InducedConfig
 
@@ -48,27 +48,37 @@ SECTIONS = ("base", "models", "priors", "name", "conditional", "induced")  # ind
 class ClassifierSettings:
     """The CNN that reads attributes off generated images (:mod:`trip.metrics.conditional`)."""
 
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 3e-3
+    steps: int = field(default=800, metadata=POSITIVE)
+    batch_size: int = field(default=64, metadata=POSITIVE)
+    lr: float = field(default=3e-3, metadata=POSITIVE)
     seed: int = 0
+
+
+def _overrides_by_method(methods: dict) -> bool:
+    return bool(methods) and all(isinstance(v, dict) for v in methods.values())
+
+
+def _distinct_fractions(levels: list) -> bool:
+    return bool(levels) and all(is_number(m) and 0 <= m <= 1 for m in levels) and len(set(levels)) == len(levels)
 
 
 @dataclass
 class ConditionalProfile:
-    methods: dict  # method name -> run-config overrides, merged over base
-    missing: list = field(default_factory=lambda: [0.0, 0.5, 0.9])  # labels.missing of the runs
+    # method name -> run-config overrides, merged over base
+    methods: dict = field(
+        metadata=rule(_overrides_by_method, "needs a non-empty mapping of method -> run-config overrides"))
+    # labels.missing of the runs
+    missing: list = field(default_factory=lambda: [0.0, 0.5, 0.9],
+                          metadata=rule(_distinct_fractions, "needs distinct fractions in [0, 1]"))
     attributes: list | None = None  # labels.attributes of every run; null: all of the dataset's
     specs: list = field(default_factory=list)  # partial specifications, {attribute: value}, the rest free
-    samples_per_spec: int = 64
+    samples_per_spec: int = field(default=64, metadata=POSITIVE)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
 
 
 def read_profile(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"profile {path} does not exist")
-    profile = yaml.safe_load(path.read_text()) or {}
+    profile = read_yaml_mapping(path, "profile")
     unknown = sorted(set(profile) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown profile section in {path} (known: {', '.join(SECTIONS)})")
@@ -128,17 +138,6 @@ def conditional_section(profile: dict) -> ConditionalProfile:
     if "conditional" not in profile:
         raise ConfigError(f"conditional: profile {profile['name']!r} has no conditional section")
     section = build_dataclass(ConditionalProfile, profile["conditional"], "conditional.")
-    if not section.methods or not all(isinstance(v, dict) for v in section.methods.values()):
-        raise ConfigError("conditional.methods: needs a non-empty mapping of method -> run-config overrides")
-    levels = section.missing
-    if not levels or not all(is_number(m) and 0 <= m <= 1 for m in levels) or len(set(levels)) != len(levels):
-        raise ConfigError(f"conditional.missing: needs distinct fractions in [0, 1], got {levels}")
-    c = section.classifier
-    positive = {"samples_per_spec": section.samples_per_spec, "classifier.steps": c.steps,
-                "classifier.batch_size": c.batch_size, "classifier.lr": c.lr}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"conditional.{key}: must be > 0, got {value}")
     _check_specs(section, profile.get("base", {}).get("data", {}).get("name", "shapes"))
     return section
 

@@ -12,9 +12,16 @@ The run directory holds:
 * ``complete.json``: written last. Without it a run directory is never taken
   as finished, and running again resumes from the checkpoint.
 
-Resuming replays exactly: the data order is a function of (seed, epoch) and
-the RNG states are restored, so a resumed run ends in the same state as an
-uninterrupted one.
+Resuming replays exactly on the CPU: the data order is a function of (seed,
+epoch) and the RNG states (the CUDA one of the run's device too) are restored,
+so a resumed run ends in the same state as an uninterrupted one. On CUDA that
+holds only with ``train.deterministic`` (cuDNN's and cuBLAS's default kernels
+may sum in another order on each call).
+
+The training step reads nothing back from the device: its statistics are
+summed there and read once per logged line (``train.log_every``). The GPU
+speed switches of ``train`` (amp, channels_last, cudnn_benchmark, compile,
+resident_data, deterministic) default to the plain float32 path.
 
 Conditional models (``config.CONDITIONAL_MODELS``) train on (images, attributes,
 observed) batches. Which labels a run sees is drawn once per training example
@@ -25,12 +32,16 @@ same after a resume; hidden values are zeroed before the model sees them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import json
 import logging
+import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +50,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from trip.config import GAN_MODELS, ConfigError, RunConfig, config_hash, known_split_sizes, read_config, to_dict
+from trip.config import (GAN_MODELS, ConfigError, RunConfig, TrainConfig, config_hash, known_split_sizes,
+                         read_config, to_dict)
 from trip.data import Split, load_prepared, prepare, to_float
-from trip.io import atomic_write, atomic_write_text
+from trip.io import atomic_write, atomic_write_text, read_metrics, read_yaml_mapping
 from trip.models import MODELS, VAE
 from trip.priors import TRIPPrior
 
@@ -83,7 +95,8 @@ class Batches:
         epoch, offset = divmod(index, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.images.shape[0], generator=g)
+            order = torch.randperm(self.images.shape[0], generator=g)  # on the CPU: the same order everywhere
+            self._epoch, self._order = epoch, to_device(order, self.images.device)
         return self._order[offset * self.batch_size : (offset + 1) * self.batch_size]
 
     def __getitem__(self, index: int) -> torch.Tensor:
@@ -97,6 +110,40 @@ class Labels:
     names: tuple[str, ...]
     values: torch.Tensor
     observed: torch.Tensor
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; from the CPU to a GPU through pinned memory, so that the host does not wait."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass
+class TrainState:
+    """What the training loop carries from step to step: ``step`` optimiser steps are done and
+    ``cursor`` batches drawn. ``autocast`` is the context the losses are computed in."""
+
+    model: torch.nn.Module
+    opts: dict
+    batches: Batches
+    labels: Labels | None
+    device: torch.device
+    step: int = 0
+    cursor: int = 0
+    channels_last: bool = False
+    autocast: Callable = contextlib.nullcontext
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        """The model's inputs: (images,), or (images, attributes, observed) for a conditional model."""
+        rows = self.batches.rows(self.cursor)
+        self.cursor += 1
+        x = to_float(to_device(self.batches.images[rows], self.device))  # uint8 crosses, not float32
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.labels is None:
+            return (x,)
+        return x, to_device(self.labels.values[rows], self.device), to_device(self.labels.observed[rows], self.device)
 
 
 def select_attributes(cfg: RunConfig, available: tuple[str, ...]) -> tuple[str, ...]:
@@ -189,29 +236,114 @@ def make_optimizers(model, cfg: RunConfig) -> dict:
     }
 
 
-def vae_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
-    loss, stats = model.loss(*next_batch())
+def vae_step(model, opts, next_batch, cfg: RunConfig, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """One optimiser step; the batch means of the loss terms, as detached tensors (nothing read back)."""
+    with autocast():
+        loss, stats = model.loss(*next_batch())
     opts["model"].zero_grad(set_to_none=True)
     loss.backward()
     opts["model"].step()
     return stats
 
 
-def gan_step(model, opts, next_batch, cfg: RunConfig) -> dict[str, float]:
-    stats: dict[str, float] = {}
+def gan_step(model, opts, next_batch, cfg: RunConfig, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """n_critic critic steps and one generator (and prior) step; the last critic step's statistics and the
+    generator's, as detached tensors (nothing read back)."""
+    stats: dict[str, torch.Tensor] = {}
     for _ in range(cfg.train.n_critic):
-        loss, stats = model.critic_loss(*next_batch())
+        with autocast():
+            loss, stats = model.critic_loss(*next_batch())
         opts["critic"].zero_grad(set_to_none=True)
         loss.backward()
         opts["critic"].step()
         model.clip_critic()
     model.critic.requires_grad_(False)  # the generator step must not accumulate critic grads
-    loss, g_stats = model.generator_and_prior_loss(cfg.train.batch_size)
+    with autocast():
+        loss, g_stats = model.generator_and_prior_loss(cfg.train.batch_size)
     opts["generator"].zero_grad(set_to_none=True)
     loss.backward()
     opts["generator"].step()
     model.critic.requires_grad_(True)
     return {**stats, **g_stats}
+
+
+def train_step(cfg: RunConfig, state: TrainState, sums: dict[str, torch.Tensor]) -> None:
+    """One training step; its statistics are added to ``sums`` on the device and nothing is read back
+    (a read makes the host wait for the device, every step): the loop reads ``sums`` at log time."""
+    step_fn = vae_step if isinstance(state.model, VAE) else gan_step
+    for k, v in step_fn(state.model, state.opts, state.next_batch, cfg, state.autocast).items():
+        v = v.double()  # summed in float64, as the Python floats were: the logged means do not change
+        sums[k] = sums[k] + v if k in sums else v
+    state.step += 1
+
+
+def read_means(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """The means over ``count`` steps of the summed statistics: one read from the device."""
+    if not sums:
+        return {}
+    return dict(zip(sums, (torch.stack(list(sums.values())) / count).tolist()))
+
+
+# -- the GPU switches -------------------------------------------------------------------
+def configure_backends(t: TrainConfig) -> None:
+    """The process-wide numerics switches of a run, set before its first CUDA work, and set both ways,
+    so that runs in one process (tests, chunked jobs) never inherit each other's."""
+    if t.deterministic:
+        # cuBLAS is reproducible only with a fixed workspace; it reads this when its handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(t.deterministic)
+    torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic  # timing picks kernels by speed
+
+
+def networks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's networks: its children but the prior and the likelihood, which stay float32."""
+    return [m for name, m in model.named_children() if name not in ("prior", "likelihood")]
+
+
+def _float32_outputs(module, inputs, output):
+    """A network's outputs leave bf16 autocast as float32: the loss math after them stays float32."""
+    return tuple(o.float() for o in output) if isinstance(output, tuple) else output.float()
+
+
+def apply_speed_switches(model: torch.nn.Module, t: TrainConfig) -> None:
+    """train.amp, channels_last and compile, on the networks, in place (with the defaults: nothing).
+
+    Only training applies them: the weights and their state_dict keys are the same either way, and
+    ``load_run`` gives the plain float32 model for evaluation.
+    """
+    for net in networks(model):
+        if t.amp != "none":
+            net.register_forward_hook(_float32_outputs)
+        if t.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if t.compile:
+            net.compile()  # in place: state_dict keys keep their names
+
+
+def autocast_context(t: TrainConfig, device: torch.device) -> Callable:
+    """The context of the losses: bf16 autocast with train.amp bf16 (the networks run in it; the prior
+    and the gradient penalty opt out), else none."""
+    if t.amp == "bf16":
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def start_state(cfg: RunConfig, images: torch.Tensor, labels: Labels | None, device: torch.device) -> TrainState:
+    """A run at step 0: the model and optimisers seeded from the run seed, the switches applied, the data."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    t = cfg.train
+    model = build_model(cfg, images.shape[1], None if labels is None else labels.names).to(device)
+    apply_speed_switches(model, t)
+    opts = make_optimizers(model, cfg)
+    if t.resident_data:  # moved once; batches are then indexed on the device
+        images = images.to(device)
+        if labels is not None:
+            labels = Labels(labels.names, labels.values.to(device), labels.observed.to(device))
+    batches = Batches(images, t.batch_size, cfg.seed)
+    return TrainState(model, opts, batches, labels, device, channels_last=t.channels_last,
+                      autocast=autocast_context(t, device))
 
 
 def refits_prior(cfg: RunConfig) -> bool:
@@ -318,56 +450,64 @@ def dry_run(cfg: RunConfig) -> dict:
 
 
 # -- checkpoints -----------------------------------------------------------------------
-def _rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The RNG states a run draws from: the CPU's and, on CUDA, its own device's only. Every GPU's
+    (get_rng_state_all) would not restore in a task that sees fewer GPUs, as a Ray task sees one."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`rng_state`. A CUDA state is restored only on a CUDA run: a checkpoint moved between
+    the CPU and a GPU resumes (the draws on the new device then differ, as they would anyway)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint: one state per visible GPU
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
-def save_checkpoint(path: Path, model, opts, step: int, cursor: int, digest: str, channels: int,
-                    attributes: tuple[str, ...] | None = None) -> None:
-    state = {
-        "model": model.state_dict(),
-        "channels": channels,
-        "optimizers": {k: o.state_dict() for k, o in opts.items()},
-        "step": step,
-        "cursor": cursor,
-        "rng": _rng_state(),
+def save_checkpoint(path: Path, state: TrainState, digest: str) -> None:
+    content = {
+        "model": state.model.state_dict(),
+        "channels": state.batches.images.shape[1],
+        "optimizers": {k: o.state_dict() for k, o in state.opts.items()},
+        "step": state.step,
+        "cursor": state.cursor,
+        "rng": rng_state(state.device),
         "config_hash": digest,
     }
-    if attributes is not None:  # conditional models: the attributes, in the order the model sees them
-        state["attributes"] = list(attributes)
-    atomic_write(path, lambda handle: torch.save(state, handle))  # a kill keeps the previous one
+    if state.labels is not None:  # conditional models: the attributes, in the order the model sees them
+        content["attributes"] = list(state.labels.names)
+    atomic_write(path, lambda handle: torch.save(content, handle))  # a kill keeps the previous one
 
 
-def load_checkpoint(path: Path, model, opts, digest: str) -> tuple[int, int]:
+def load_checkpoint(path: Path, state: TrainState, digest: str) -> None:
+    """Restore a run's model, optimisers, position and RNG states into ``state``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the run") from None
-    if state.get("config_hash") != digest:
+    if saved.get("config_hash") != digest:
         raise RuntimeError(f"checkpoint {path} belongs to another config; delete it or choose another run_dir")
-    model.load_state_dict(state["model"])
-    for k, o in opts.items():
-        o.load_state_dict(state["optimizers"][k])
-    _set_rng_state(state["rng"])
-    return state["step"], state["cursor"]
+    state.model.load_state_dict(saved["model"])
+    for k, o in state.opts.items():
+        o.load_state_dict(saved["optimizers"][k])
+    set_rng_state(saved["rng"], state.device)
+    state.step, state.cursor = saved["step"], saved["cursor"]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after the checkpoint: the resumed run logs them again."""
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -392,7 +532,7 @@ def _prepare_run_dir(cfg: RunConfig, digest: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = yaml.safe_load(saved.read_text()) or {}
+        old = read_yaml_mapping(saved, "run config")
         if old.get("config_hash") != digest:
             raise ConfigError(f"run_dir: {run_dir} holds a run of another config; choose another run_dir")
     else:
@@ -411,80 +551,67 @@ def run(cfg: RunConfig, stop_after: int | None = None, progress: bool | None = N
         done = json.loads((Path(cfg.run_dir) / "complete.json").read_text())
         return RunResult(Path(cfg.run_dir), digest, done["steps"], done["final_metrics"], 0.0, skipped=True)
     device = resolve_device(cfg.device)
+    configure_backends(cfg.train)  # before any CUDA work
     run_dir = _prepare_run_dir(cfg, digest)
+    log.info("training %s on %s", run_dir, describe_device(device))
     start = time.perf_counter()
     train, _ = load_data(cfg)
     images = torch.from_numpy(np.ascontiguousarray(train.images))
     labels = load_labels(cfg, train) if cfg.conditional else None
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    model = build_model(cfg, images.shape[1], None if labels is None else labels.names).to(device)
-    opts = make_optimizers(model, cfg)
-    batches = Batches(images, cfg.train.batch_size, cfg.seed)
+    state = start_state(cfg, images, labels, device)
     ckpt, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-    step = cursor = 0
     if ckpt.exists():
-        step, cursor = load_checkpoint(ckpt, model, opts, digest)
-        _truncate_metrics(metrics_path, step)
-        log.info("resuming %s at step %d", run_dir, step)
+        load_checkpoint(ckpt, state, digest)
+        _truncate_metrics(metrics_path, state.step)
+        log.info("resuming %s at step %d", run_dir, state.step)
     elif metrics_path.exists():
         metrics_path.unlink()  # lines from a run killed before its first checkpoint
-    final = _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_after, progress)
+    final = _train_loop(cfg, state, stop_after, progress)
     if final is None:
         return RunResult(run_dir, digest, stop_after or 0, {}, time.perf_counter() - start)
-    _finish(cfg, model, run_dir, digest, final, time.perf_counter() - start)
+    _finish(cfg, state, run_dir, digest, final, time.perf_counter() - start)
     return RunResult(run_dir, digest, cfg.train.steps, final, time.perf_counter() - start)
 
 
-def _train_loop(cfg, model, opts, batches, labels, device, step, cursor, stop_after, progress):
-    """Steps from ``step`` to ``train.steps``; returns the last logged metrics, or None if stopped early."""
-    run_dir, images = Path(cfg.run_dir), batches.images
-    step_fn = vae_step if isinstance(model, VAE) else gan_step
-    state = {"cursor": cursor}
-    probe, probe_steps = make_fd_probe(cfg, device), fd_steps(cfg.train)
+def describe_device(device: torch.device) -> str:
+    """The device, with the GPU's name: a GPU host that trains on the CPU shows in the log."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
-    def next_batch() -> tuple[torch.Tensor, ...]:
-        """The model's inputs: (images,), or (images, attributes, observed) for a conditional model."""
-        rows = batches.rows(state["cursor"])
-        state["cursor"] += 1
-        x = to_float(images[rows]).to(device)
-        if labels is None:
-            return (x,)
-        return x, labels.values[rows].to(device), labels.observed[rows].to(device)
 
-    if step == 0 and reinit_due(cfg, model, 0):
-        reinit_prior(model, opts, images, cfg, 0, device)
-    sums: dict[str, float] = {}
+def _train_loop(cfg: RunConfig, state: TrainState, stop_after: int | None, progress: bool | None) -> dict | None:
+    """Steps from ``state.step`` to ``train.steps``; returns the last logged metrics, or None if stopped early."""
+    t, run_dir, model, images = cfg.train, Path(cfg.run_dir), state.model, state.batches.images
+    probe, probe_steps = make_fd_probe(cfg, state.device), fd_steps(t)
+    if state.step == 0 and reinit_due(cfg, model, 0):
+        reinit_prior(model, state.opts, images, cfg, 0, state.device)
+    sums: dict[str, torch.Tensor] = {}
     last: dict = {}
     count = 0
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not (sys.stderr.isatty() if progress is None else progress))
+    bar = tqdm(total=t.steps, initial=state.step, disable=not (sys.stderr.isatty() if progress is None else progress))
     tick = time.perf_counter()
     model.train()
-    while step < cfg.train.steps:
-        for k, v in step_fn(model, opts, next_batch, cfg).items():
-            sums[k] = sums.get(k, 0.0) + v
-        step, count = step + 1, count + 1
+    while state.step < t.steps:
+        train_step(cfg, state, sums)
+        step, count = state.step, count + 1
         bar.update()
-        epochs_done = state["cursor"] // batches.per_epoch
+        epochs_done = state.cursor // state.batches.per_epoch
         if reinit_due(cfg, model, step):
-            reinit_prior(model, opts, images, cfg, step, device)
+            reinit_prior(model, state.opts, images, cfg, step, state.device)
         probe_due = probe is not None and step in probe_steps
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps or probe_due:
-            last = {"step": step, "epoch": epochs_done, **{k: v / count for k, v in sums.items()}}
-            last["steps_per_s"] = count / (time.perf_counter() - tick)
+        if step % t.log_every == 0 or step == t.steps or probe_due:
+            last = {"step": step, "epoch": epochs_done, **read_means(sums, count)}
+            last["steps_per_s"] = count / (time.perf_counter() - tick)  # after the read: the device is done
             if probe_due:
                 last["domain_fd"] = probe(model)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(last) + "\n")
-            log.info("step %d/%d %s", step, cfg.train.steps, _fmt(last))
+            log.info("step %d/%d %s", step, t.steps, _fmt(last))
             sums, count, tick = {}, 0, time.perf_counter()
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or step == stop_after:
-            save_checkpoint(
-                run_dir / "checkpoint.pt", model, opts, step, state["cursor"], config_hash(cfg), images.shape[1],
-                None if labels is None else labels.names,
-            )
-        if step == stop_after and step < cfg.train.steps:
+        if step % t.checkpoint_every == 0 or step == t.steps or step == stop_after:
+            save_checkpoint(run_dir / "checkpoint.pt", state, config_hash(cfg))
+        if step == stop_after and step < t.steps:
             bar.close()
             return None
     bar.close()
@@ -527,14 +654,6 @@ def make_fd_probe(cfg: RunConfig, device):
     return probe
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a run's ``metrics.jsonl`` (empty if there is none)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def convergence(records: list[dict], steps: int) -> dict:
     """Whether a run reached its plateau by :data:`PLATEAU_RULE`, from its logged ``domain_fd`` values."""
     fd = {r["step"]: r["domain_fd"] for r in records if "domain_fd" in r}
@@ -549,15 +668,16 @@ def _fmt(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step",))
 
 
-def _finish(cfg: RunConfig, model, run_dir: Path, digest: str, final: dict, wall: float) -> None:
+def _finish(cfg: RunConfig, state: TrainState, run_dir: Path, digest: str, final: dict, wall: float) -> None:
     from trip.figures import save_image_grid
 
-    model.eval()
+    state.model.eval()
     with torch.no_grad():
-        samples = model.sample(cfg.train.sample_count).float().cpu()
+        samples = state.model.sample(cfg.train.sample_count).float().cpu()
     save_image_grid(samples, run_dir / "samples.png", padding=1)
     marker = {"config_hash": digest, "steps": cfg.train.steps, "final_metrics": final, "wall_seconds": wall,
-              "convergence": convergence(read_metrics(run_dir / "metrics.jsonl"), cfg.train.steps)}
+              "device": str(state.device),
+              "convergence": convergence(read_metrics(run_dir / "metrics.jsonl", missing_ok=True), cfg.train.steps)}
     atomic_write_text(run_dir / "complete.json", json.dumps(marker, indent=2))
     log.info("finished %s in %.1fs", run_dir, wall)
 
@@ -567,7 +687,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     from trip.config import load_config
 
     run_dir = Path(run_dir)
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw = read_yaml_mapping(run_dir / "config.yaml", "run config")
     raw.pop("config_hash", None)
     cfg = load_config(raw)
     ckpt = run_dir / "checkpoint.pt"

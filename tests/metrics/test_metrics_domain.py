@@ -179,6 +179,13 @@ def test_reference_is_cached_and_reused_not_retrained(tmp_path, monkeypatch, cap
     assert domain.domain_directory(_data(tmp_path, n_test=300), ev) != first.directory
 
 
+def test_cached_features_name_a_gpu_but_cpu_names_stay_as_they_were():
+    """GPU features round differently: their reference file and floor digest name the device type.
+    (Load-bearing on a GPU only; here the rule itself, while the test above pins the CPU names.)"""
+    assert domain._device_suffix("cpu") == domain._device_suffix(torch.device("cpu")) == ""
+    assert domain._device_suffix("cuda:1") == domain._device_suffix("cuda") == "-cuda"
+
+
 def test_a_too_small_test_split_names_the_key(tmp_path, monkeypatch):
     data, ev = _data(tmp_path, n_test=100), _settings(tmp_path)  # 2 x 60 floor images do not fit
     reference = load_domain_reference(data, ev)

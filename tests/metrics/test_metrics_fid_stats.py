@@ -238,3 +238,52 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(OSError, match="disk full"):
         save_stats(tmp_path / "x.npz", "k", _stats(np.zeros(2), np.eye(2)))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- The device: full float32 on a GPU, and a cache key per device type ---
+
+
+def _precision() -> tuple[str, str]:
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def test_features_are_computed_without_tf32_and_the_settings_come_back(tiny_model) -> None:
+    seen = []
+    forward = tiny_model.forward
+    tiny_model.forward = lambda x: seen.append(_precision()) or forward(x)
+    before = _precision()
+    inception_features(_images(4), model=tiny_model, progress=False)
+    assert seen == [("ieee", "ieee")] and _precision() == before
+    tiny_model.forward = lambda x: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        inception_features(_images(4), model=tiny_model, progress=False)
+    assert _precision() == before
+    # Restored through the new API, the legacy flags stay readable (torch raises on a mix it cannot read).
+    assert isinstance(torch.backends.cudnn.allow_tf32, bool) and isinstance(torch.backends.cuda.matmul.allow_tf32, bool)
+
+
+def test_the_cache_key_names_a_gpu_but_cpu_keys_stay_as_they_were() -> None:
+    assert stats_key("cifar10", "train", 32, 50000, "cpu") == "cifar10_train_32px_n50000"
+    assert stats_key("cifar10", "train", 32, 50000, "cuda") == "cifar10_train_32px_n50000_cuda"
+    with pytest.raises(ValueError, match="device type"):
+        stats_key("cifar10", "train", 32, 50000, "cuda_0")
+
+
+def test_gpu_and_cpu_reference_statistics_are_cached_apart(tmp_path: Path, tiny_model, monkeypatch) -> None:
+    """A GPU's statistics never stand in for the CPU's, nor the reverse (the GPU pass is faked: no card here)."""
+    from trip.metrics import fid
+
+    cpu = reference_stats("shapes", "test", 6, 12, lambda: _images(12), tmp_path, model=tiny_model, progress=False)
+    devices = []
+
+    def on_the_gpu(images, batch_size, device, progress, **kwargs):
+        devices.append(str(device))
+        return np.random.default_rng(8).standard_normal((len(np.concatenate(list(images))), 4)).astype(np.float32)
+
+    monkeypatch.setattr(fid, "inception_features", on_the_gpu)
+    gpu = reference_stats("shapes", "test", 6, 12, lambda: _images(12), tmp_path, device="cuda", progress=False)
+    assert devices == ["cuda"]  # not read from the CPU's file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_test_6px_n12.npz", "shapes_test_6px_n12_cuda.npz"]
+    assert not np.array_equal(gpu.mu, cpu.mu)
+    again = reference_stats("shapes", "test", 6, 12, _boom, tmp_path, device="cuda:1", progress=False)
+    np.testing.assert_array_equal(again.mu, gpu.mu)

@@ -46,7 +46,7 @@ def test_all_labels_hidden_gives_the_unconditional_vae_trip_objective():
     plain, plain_stats = VAE.loss(model, x, generator=_gen())  # VAE-TRIP with the latent marginal p(z)
     torch.testing.assert_close(loss, plain)
     assert stats["label"] == 0.0
-    assert stats["kl"] == pytest.approx(plain_stats["kl"], rel=1e-6)
+    assert stats["kl"].item() == pytest.approx(plain_stats["kl"].item(), rel=1e-6)
 
 
 def test_loss_is_minus_eq14_with_the_priors_attribute_term():
@@ -60,7 +60,7 @@ def test_loss_is_minus_eq14_with_the_priors_attribute_term():
     label = model.prior.attribute_log_prob(z, y, observed)  # log p(y_ob | z), computed the prior's own way
     kl = log_q_from_noise(noise, logvar) - model.prior.log_prob(z)
     torch.testing.assert_close(loss, -(recon + label - kl).mean())
-    assert stats["label"] == pytest.approx(label.mean().item(), abs=1e-4) and stats["label"] < 0
+    assert stats["label"].item() == pytest.approx(label.mean().item(), abs=1e-4) and stats["label"] < 0
 
 
 def test_observed_labels_train_the_attribute_cores():

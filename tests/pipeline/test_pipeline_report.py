@@ -449,6 +449,16 @@ def test_write_reports_files_links_and_metrics(grid, tmp_path):
     assert metrics == summary_metrics(grid)
 
 
+def test_the_index_links_the_mlflow_runs_table_and_the_metrics_file_diffs_well(grid, tmp_path):
+    link = "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    write_reports(grid, tmp_path / "with", "shapes", PROTOCOL, mlflow_link=link)
+    assert f"[{link}]({link})" in (tmp_path / "with" / "README.md").read_text()
+    write_reports(grid, tmp_path / "without", "shapes", PROTOCOL)
+    assert "MLflow" not in (tmp_path / "without" / "README.md").read_text()
+    text = (tmp_path / "with" / "metrics.json").read_text()  # tracked by git: stable order, one key a line
+    assert text.endswith("}\n") and list(json.loads(text)) == sorted(json.loads(text))
+
+
 def test_protocol_is_stated_under_the_table(grid, tmp_path):
     write_reports(grid, tmp_path, "shapes", PROTOCOL)
     markdown = (tmp_path / "table1.md").read_text()

@@ -1,8 +1,10 @@
-"""The DAG's stages end to end on a tiny grid: prepare -> train -> evaluate -> report, with MLflow."""
+"""The DAG's stages end to end on a tiny grid: prepare -> train -> evaluate -> report, with MLflow;
+a stage on its own leaves no MLflow run RUNNING, also when it fails."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
 
@@ -42,15 +44,27 @@ TINY_INDUCED = ["source_prior=trip_learnable", "reversal_examples=16", "reversal
                 "trip.steps=2", "continue_steps=1", "fid_samples=8"]
 
 
-def test_whole_dag_on_a_tiny_grid(tmp_path, monkeypatch):
+def _running(uri: str) -> list[str]:
+    """Names of the runs of the store that are RUNNING."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_name for r in client.search_runs(ids) if r.info.status == "RUNNING"]
+
+
+def test_whole_dag_on_a_tiny_grid(tmp_path, monkeypatch, caplog):
     import mlflow
 
     from stages import conditional, evaluate, induced, prepare, report, train
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # offline Inception weights, converted here
+    caplog.set_level(logging.INFO, logger="stages.report")
     params = _params(tmp_path, conditional_overrides=TINY_CONDITIONAL, induced_overrides=TINY_INDUCED)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for stage in (prepare, train, evaluate, conditional, induced, report):
         stage.main(["--params", params])
+        assert _running(uri) == [], stage.__name__  # every stage closes the parent it opened
     for label in ("vae-trip_learnable-s0", "wgan_gp-trip_learnable-s0"):
         assert (tmp_path / "runs/shapes" / label / "complete.json").exists()
         assert (tmp_path / "evals/shapes" / label / "eval.json").exists()
@@ -69,6 +83,10 @@ def test_whole_dag_on_a_tiny_grid(tmp_path, monkeypatch):
     assert sorted(r.info.run_name for r in grid_runs) == ["vae-trip_learnable-s0", "wgan_gp-trip_learnable-s0"]
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all("eval.fid" in r.data.metrics and "model.name" in r.data.params for r in grid_runs)
+    assert not any(k.startswith("system/") for r in runs for k in r.data.metrics)  # tracking.system_metrics off
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert link in (tmp_path / "reports/shapes/README.md").read_text()
+    assert link in caplog.text
 
     reports = tmp_path / "reports/shapes"
     table3 = (reports / "table3.md").read_text()
@@ -99,6 +117,10 @@ def test_bad_params_name_the_key(tmp_path):
         load_params(_params(tmp_path, seedz=[1]))
     with pytest.raises(ConfigError, match="train.steps: must be > 0"):
         load_params(_params(tmp_path, overrides=["train.steps=0"]))
+    with pytest.raises(ConfigError, match="tracking.system_metrics_interval: must be > 0"):
+        load_params(_params(tmp_path, tracking={"system_metrics": True, "system_metrics_interval": 0}))
+    with pytest.raises(ConfigError, match="tracking.system_metrics: expected bool"):
+        load_params(_params(tmp_path, tracking={"system_metrics": "yes"}))
 
 
 def test_a_stage_with_bad_params_exits_naming_the_key(tmp_path, capsys):
@@ -112,35 +134,54 @@ def test_a_stage_with_bad_params_exits_naming_the_key(tmp_path, capsys):
 
 
 def test_a_failing_run_is_named_after_the_others_finish(tmp_path, monkeypatch):
+    """Also: the train stage on its own, failing, leaves no run RUNNING; with tracking.system_metrics
+    on, the run that trained has MLflow's system metrics."""
+    import mlflow
+
     from stages import train
 
-    params = _params(tmp_path, priors=["normal", "trip_learnable"], models=["vae"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = _params(tmp_path, priors=["normal", "trip_learnable"], models=["vae"],
+                     tracking={"experiment": "stages-test", "uri": uri, "system_metrics": True,
+                               "system_metrics_interval": 0.05})
     # A learning rate that is valid for the config but breaks this one run at its first step.
     original = train.train_one
 
-    def flaky(cfg):
-        if cfg.prior.name == "trip":
+    def flaky(job):
+        if job.cfg.prior.name == "trip":
             raise FloatingPointError("diverged on purpose")
-        return original(cfg)
+        return original(job)
 
     monkeypatch.setattr(train, "train_one", flaky)
     with pytest.raises(SystemExit, match="train stage: 1 of 2 runs failed:\n.*vae-trip_learnable-s0: FloatingPointError: diverged on purpose"):
         train.main(["--params", params])
     assert (tmp_path / "runs/shapes/vae-normal-s0/complete.json").exists()
 
+    assert _running(uri) == []
+    client = mlflow.MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("stages-test").experiment_id])}
+    (parent,) = [r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+    assert runs["vae-normal-s0"].info.status == "FINISHED"
+    assert runs["vae-trip_learnable-s0"].info.status == "FAILED"  # opened for its system metrics, never trained
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        runs["vae-normal-s0"].data.metrics)
+
 
 def test_parent_markers_are_per_store_and_tolerate_unknown_runs(tmp_path):
-    from pipeline.repro import _marker, close_parent, current_parent
+    from pipeline.repro import _marker, close_parent, open_parent
     from pipeline.tracking import Tracker
 
     first = Tracker(tmp_path, uri=f"sqlite:///{tmp_path / 'a.db'}")
-    parent = current_parent(first, "exp")
-    assert current_parent(first, "exp") == parent  # reused while running
+    parent = open_parent(first, "exp")
+    assert open_parent(first, "exp") == parent  # reused while running
     other = Tracker(tmp_path, uri=f"sqlite:///{tmp_path / 'b.db'}")
-    assert current_parent(other, "exp") != parent  # another store never sees a's marker
+    assert open_parent(other, "exp") != parent  # another store never sees a's marker
     _marker(first, "exp").write_text(json.dumps({"run_id": "0" * 32}))  # a run the store does not know
-    replacement = current_parent(first, "exp")
+    replacement = open_parent(first, "exp")
     assert replacement not in (parent, "0" * 32)
     close_parent(first, "exp")
     close_parent(other, "exp")
-    assert not list((tmp_path / ".dvc" / "tmp").glob("mlflow-parent-*"))
+    assert [t.logger.run_state(p)["status"] for t, p in ((first, replacement), (other, open_parent(other, "exp")))] \
+        == ["FINISHED", "RUNNING"]  # the marker stays for the next stage of the repro, which reopens the parent
+    close_parent(other, "exp")

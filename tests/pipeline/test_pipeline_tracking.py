@@ -1,15 +1,14 @@
-"""MLflow tracking: run layout, idempotent updates, and no lost metrics under concurrency."""
+"""MLflow tracking: run layout, idempotent updates, batch limits, system metrics, UI links, and no lost
+metrics with several processes writing one store."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import closing
@@ -20,61 +19,15 @@ import yaml
 from PIL import Image
 
 from pipeline import tracking
-from pipeline.tracking import (ActorLogger, SerializedLogger, Tracker, get_logger_actor,
-                               stop_logger_actor, with_retries)
+from pipeline.tracking import SerializedLogger, SystemMetrics, Tracker, TrackingParams, system_metrics, with_retries
+from trip.config import ConfigError, build_dataclass
 
-WORKERS = 6
-METRICS_PER_WORKER = 200
-METRICS_PER_CALL = 5
 PROCESSES = 3
 METRICS_PER_PROCESS = 100
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty, fully migrated MLflow database; copying it skips the ~2 s of migrations."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    SerializedLogger(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def project(tmp_path, migrated_db, monkeypatch) -> Path:
-    """A project root holding its own copy of the empty database."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(migrated_db, tmp_path / "mlflow.db")
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray instance for the module; Ray's socket paths need a short temp dir.
-
-    Ray is imported here, not at the top, so the spawned processes of the retry test,
-    which import this module, do not pay for it.
-    """
-    import ray
-
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for _ in range(10):  # Ray's exiting processes may still write logs for a moment
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if not os.path.exists(temp_dir):
-            break
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def actor_uri(project, ray_cluster) -> str:
-    """The project's tracking URI, with its (detached) logger actor stopped afterwards."""
-    uri = tracking.tracking_uri(project)
-    yield uri
-    stop_logger_actor(uri)
-
+# migrated_db and project: tests/pipeline/conftest.py
 
 def _config(hash_: str = "abc123") -> dict:
     return {
@@ -116,8 +69,8 @@ def make_run_dir(root: Path, name: str = "vae-trip_learnable-s0", hash_: str = "
 
 def _client(uri: str):
     """A plain MlflowClient to check what was stored. MLflow is imported here, after
-    pipeline.tracking set the offline switches, and not at module level, so the Ray workers
-    that import this module for their task functions do not load it."""
+    pipeline.tracking set the offline switches, and not at module level, so the spawned
+    processes of the retry test, which import this module, do not pay for it."""
     from mlflow import MlflowClient
 
     return MlflowClient(uri)
@@ -250,53 +203,6 @@ def test_retry_wrapper_loses_nothing_with_processes_writing_one_sqlite_file(tmp_
     assert len(client.search_experiments(filter_string="name = 'direct'")) == 1
 
 
-# ----------------------------------------------------------------------------- the Ray actor
-
-def _log_through_actor(uri: str, experiment_id: str, worker: int, count: int) -> str:
-    """A Ray task: its own run, ``count`` metrics in small calls, all through the actor."""
-    logger = ActorLogger(get_logger_actor(uri))
-    run_id = logger.create_run(experiment_id, f"worker-{worker}", {"worker": str(worker)})
-    for start in range(0, count, METRICS_PER_CALL):
-        logger.log_batch(run_id, [(f"w{worker}.loss", float(s), s)
-                                  for s in range(start, start + METRICS_PER_CALL)])
-    return run_id
-
-
-def test_logger_actor_loses_nothing_with_parallel_ray_workers(actor_uri, ray_cluster):
-    ray, uri = ray_cluster, actor_uri
-    task = ray.remote(num_cpus=0.25)(_log_through_actor)  # fractional: all run at once
-    experiment_id = ActorLogger(get_logger_actor(uri)).experiment_id("parallel")
-    run_ids = ray.get([task.remote(uri, experiment_id, w, METRICS_PER_WORKER)
-                       for w in range(WORKERS)])
-
-    client = _client(uri)
-    histories = [client.get_metric_history(r, f"w{w}.loss") for w, r in enumerate(run_ids)]
-    assert len(set(run_ids)) == WORKERS
-    assert sum(len(h) for h in histories) == WORKERS * METRICS_PER_WORKER
-    assert all(sorted(m.step for m in h) == list(range(METRICS_PER_WORKER)) for h in histories)
-
-
-def _log_run_dir(root: str, parent_id: str, run_dir: str, uri: str) -> str:
-    tracker = Tracker(root, uri=uri, logger=ActorLogger(get_logger_actor(uri)))
-    return tracker.log_run(parent_id, run_dir, "train")
-
-
-def test_parallel_log_run_through_actor_creates_one_run_per_config_hash(project, actor_uri,
-                                                                         ray_cluster):
-    ray, uri = ray_cluster, actor_uri
-    task = ray.remote(num_cpus=0.25)(_log_run_dir)
-    tracker = Tracker(project, logger=ActorLogger(get_logger_actor(uri)))
-    parent = tracker.start_parent("tiny", "repro", {})
-    dirs = [make_run_dir(project, f"run{i}", hash_=f"h{i % 2}") for i in range(4)]
-
-    ids = ray.get([task.remote(str(project), parent, str(d), uri) for d in dirs])
-
-    assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
-    client = _client(uri)
-    assert [len(_runs_with_hash(client, "tiny", h)) for h in ("h0", "h1")] == [1, 1]
-    assert len(client.get_metric_history(ids[0], "train.elbo")) == 5
-
-
 # ----------------------------------------------------------------------------- log_run
 
 def test_log_run_logs_params_metrics_tags_and_artifacts_under_the_parent(project):
@@ -372,3 +278,90 @@ def test_same_config_hash_in_another_experiment_is_a_separate_run(project):
     run_a = tracker.log_run(tracker.start_parent("profile-a", "r", {}), run_dir, "train")
     run_b = tracker.log_run(tracker.start_parent("profile-b", "r", {}), run_dir, "train")
     assert run_a != run_b
+
+
+# ----------------------------------------------------------------------------- MLflow's limits
+
+def test_log_batch_leaves_splitting_to_mlflow_beyond_its_batch_limits(project):
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+    logger = SerializedLogger(tracking.tracking_uri(project))
+    run_id = logger.create_run(logger.experiment_id("limits"), "big", {})
+    metrics = [("loss", float(s), s) for s in range(MAX_METRICS_PER_BATCH + 500)]
+    params = {f"p{i}": str(i) for i in range(MAX_PARAMS_TAGS_PER_BATCH + 50)}
+    tags = {f"t{i}": str(i) for i in range(MAX_PARAMS_TAGS_PER_BATCH + 50)}
+    logger.log_batch(run_id, metrics, params, tags)
+
+    client = _client(logger.uri)
+    run = client.get_run(run_id)
+    assert len(client.get_metric_history(run_id, "loss")) == len(metrics)
+    assert run.data.params == params
+    assert tags.items() <= run.data.tags.items()
+
+
+def test_a_batch_repeated_by_a_retry_is_stored_once(project):
+    from mlflow.entities import Metric, Param, RunTag
+
+    logger = SerializedLogger(tracking.tracking_uri(project))
+    run_id = logger.create_run(logger.experiment_id("limits"), "retry", {})
+    batch = dict(metrics=[Metric("loss", float(s), 1000, s) for s in range(1200)],
+                 params=[Param(f"p{i}", "v") for i in range(120)], tags=[RunTag("t", "v")])
+    client = _client(logger.uri)
+    client.log_batch(run_id, **batch)
+    client.log_batch(run_id, **batch)  # the same entities, as with_retries repeats them after a partial write
+    assert len(client.get_metric_history(run_id, "loss")) == 1200
+
+
+def test_keys_and_param_values_fit_mlflow_limits():
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
+
+    params = tracking.config_params({"a" * 300: "x" * 7000, "b" * 300: 1})
+    assert len(params) == 2 and all(len(k) <= MAX_ENTITY_KEY_LENGTH for k in params)
+    assert max(len(v) for v in params.values()) == MAX_PARAM_VAL_LENGTH
+
+
+# ----------------------------------------------------------------------------- settings and links
+
+def test_tracking_params_bounds_name_the_key():
+    assert TrackingParams().system_metrics is False
+    with pytest.raises(ConfigError, match="tracking.system_metrics_interval: must be > 0"):
+        build_dataclass(TrackingParams, {"system_metrics": True, "system_metrics_interval": 0}, "tracking.")
+    with pytest.raises(ConfigError, match="tracking.experiment"):
+        build_dataclass(TrackingParams, {"experiment": " "}, "tracking.")
+
+
+def test_ui_link_opens_the_runs_table(project):
+    assert tracking.ui_link("sqlite:////x/mlflow.db", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert tracking.ui_link("http://tracking.example:8080/", "7") == \
+        "http://tracking.example:8080/#/experiments/7?workflowType=machine_learning"
+    tracker = Tracker(project)
+    assert tracker.experiment_link("tiny") is None  # nothing logged: no link, and no experiment made
+    assert _client(tracker.uri).get_experiment_by_name("tiny") is None
+    parent = tracker.start_parent("tiny", "repro", {})
+    experiment_id = _client(tracker.uri).get_run(parent).info.experiment_id
+    assert tracker.experiment_link("tiny").endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+
+
+# ----------------------------------------------------------------------------- system metrics
+
+def test_system_metrics_are_logged_into_an_open_run_while_the_block_runs(project):
+    tracker = Tracker(project)
+    parent = tracker.start_parent("tiny", "repro", {})
+    config = yaml.safe_load((make_run_dir(project) / "config.yaml").read_text())
+    run_id = tracker.open_run(parent, config, "vae-trip_learnable-s0", "train")
+    assert _client(tracker.uri).get_run(run_id).info.status == "RUNNING"
+
+    with system_metrics(SystemMetrics(tracker.uri, run_id, interval=0.05)):
+        time.sleep(0.6)
+    with system_metrics(None):  # off: nothing starts
+        pass
+    tracker.end_run(run_id)
+
+    client = _client(tracker.uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
+    # The same run, found by its config hash, keeps its system metrics when the run directory is logged.
+    assert tracker.log_run(parent, project / "runs" / "vae-trip_learnable-s0", "train") == run_id
+    assert "system/cpu_utilization_percentage" in client.get_run(run_id).data.metrics

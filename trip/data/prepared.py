@@ -207,11 +207,23 @@ def load_prepared(directory: str | Path, split: str, *, verify: bool = True, mma
     return Split(arrays["images"], arrays["attributes"], tuple(manifest["attribute_names"]), source=entry["source"])
 
 
+_LEVELS = torch.arange(256, dtype=torch.uint8).float() / 127.5 - 1.0  # the 256 values, as the CPU rounds them
+_levels_on: dict[torch.device, torch.Tensor] = {}
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
+    """uint8 images -> float32 in [-1, 1] (0 -> -1, 255 -> 1), bit-identical on every device.
+
+    A GPU divides by a scalar as a multiplication by its reciprocal, which rounds some levels 1 ulp
+    away from the CPU's; looking the CPU's values up instead keeps a GPU's batches the CPU's.
+    """
     if not isinstance(images, torch.Tensor):
         images = torch.from_numpy(np.array(images, dtype=np.uint8))  # a copy: memory maps are read-only
-    return images.float() / 127.5 - 1.0
+    if images.device.type == "cpu" or images.dtype != torch.uint8:
+        return images.float() / 127.5 - 1.0
+    if images.device not in _levels_on:
+        _levels_on[images.device] = _LEVELS.to(images.device)
+    return _levels_on[images.device][images.long()]
 
 
 class ImageDataset(Dataset):

@@ -51,6 +51,11 @@ Cache, per data config: ``<domain_cache_dir>/<dataset>-<size>px-<key>/`` holds
 ``reference-n<R>.npz`` (the reference features, tagged with the weights'
 digest) and ``floor-<digest>.json`` (the floor's scores). The DVC ``prepare``
 stage fills it (:func:`prepare_domain`); evaluation and training read it.
+Features computed on a GPU (in full float32, as FID's) round differently from
+CPU ones: their files name the device type (``reference-n<R>-cuda.npz``, a
+floor digest over it too), while CPU files keep their names. The classifier
+needs no such key: whichever device trained it, every result names its
+weights' digest.
 
 Training curves: ``reference = load_domain_reference(cfg.data, cfg.eval)`` once,
 then ``reference.fd(images)`` (images in [-1, 1] or uint8) at each check.
@@ -88,7 +93,15 @@ from trip.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from trip.data import Split, shapes, to_float
 from trip.io import atomic_write, atomic_write_text
 from trip.metrics.conditional import AttributeClassifier
-from trip.metrics.fid import FeatureStats, _as_batch_source, _split, feature_stats, fid_from_stats, to_uint8
+from trip.metrics.fid import (
+    FeatureStats,
+    _as_batch_source,
+    _split,
+    feature_stats,
+    fid_from_stats,
+    full_precision,
+    to_uint8,
+)
 
 log = logging.getLogger("trip.metrics.domain")
 
@@ -126,7 +139,7 @@ def classifier_features(classifier: AttributeClassifier, images, batch_size: int
     features, attributes = [], []
     if total is None and isinstance(images, (np.ndarray, Tensor)):
         total = len(images)
-    with tqdm(total=total, desc="domain features", unit="img", disable=not progress) as bar:
+    with full_precision(), tqdm(total=total, desc="domain features", unit="img", disable=not progress) as bar:
         for batch in _split(_as_batch_source(images), batch_size):
             x = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch.detach()
             if x.is_floating_point():
@@ -270,6 +283,16 @@ class DomainReference:
     def accuracy_ok(self) -> bool:
         return min(self.info["accuracy"].values()) >= MIN_ACCURACY
 
+    @property
+    def device_suffix(self) -> str:
+        return _device_suffix(next(self.classifier.parameters()).device)
+
+
+def _device_suffix(device: str | torch.device) -> str:
+    """What cached features' names add for the device that computes them: nothing for the CPU's."""
+    kind = torch.device(device).type
+    return "" if kind == "cpu" else f"-{kind}"
+
 
 def domain_directory(data: DataConfig, ev: EvalConfig) -> Path:
     """Where the network of this data config and its reference results are cached."""
@@ -293,10 +316,12 @@ def load_domain_reference(data: DataConfig | RunConfig, ev: EvalConfig, test: Sp
     ``test`` saves loading the prepared test split again.
     """
     from trip.conditional import WEIGHTS, load_classifier, train_classifier_cached
+    from trip.train import resolve_device
 
+    device = resolve_device(str(device))
     data = data.data if isinstance(data, RunConfig) else data
     directory = domain_directory(data, ev)
-    path = directory / f"reference-n{ev.domain_real}.npz"
+    path = directory / f"reference-n{ev.domain_real}{_device_suffix(device)}.npz"
     if test is None and not path.exists():
         test = _test_split(data)
     if test is not None:  # before the classifier's training, which the error would waste
@@ -310,7 +335,7 @@ def load_domain_reference(data: DataConfig | RunConfig, ev: EvalConfig, test: Sp
                     ", ".join(low), MIN_ACCURACY, ", ".join(f"{n} {a:.3f}" for n, a in low.items()))
     classifier = inference_copy(load_classifier(directory, device))
     weights = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:16]
-    key = f"{weights}-{FEATURE_SPACE}-test-first-{ev.domain_real}"
+    key = f"{weights}-{FEATURE_SPACE}-test-first-{ev.domain_real}{_device_suffix(device)}"
     features = _read_features(path, key)
     if features is None:
         test = test if test is not None else _test_split(data)
@@ -402,7 +427,8 @@ def real_floor(reference: DomainReference, ev: EvalConfig, test: Split | None = 
     for the modes) against the reference. Cached beside the reference."""
     settings = {k: getattr(ev, k) for k in ("domain_real", "mode_samples", "kid_subsets", "kid_subset_size",
                                             "pr_k", "seed")}
-    tag = hashlib.sha256(json.dumps([reference.weights, FEATURE_SPACE, settings], sort_keys=True).encode())
+    what = [reference.weights, FEATURE_SPACE, settings] + ([reference.device_suffix] if reference.device_suffix else [])
+    tag = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
     tag = tag.hexdigest()[:16]
     path = reference.directory / f"floor-{tag}.json"
     if path.exists():

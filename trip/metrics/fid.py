@@ -15,13 +15,20 @@ Inputs follow pytorch-fid: images are mapped to [0, 1], resized bilinearly to
 (what PNG files hold) to match FIDs computed from image folders.
 
 Reference statistics of each dataset split are computed once and cached as
-``.npz`` files keyed by dataset, split, image size and sample count
-(:func:`reference_stats`). Every FID is reported with both sample counts,
-because FID is biased upwards at small counts (:class:`FIDResult`).
+``.npz`` files keyed by dataset, split, image size and sample count, and by
+the device type unless it is the CPU (:func:`reference_stats`). Every FID is
+reported with both sample counts, because FID is biased upwards at small
+counts (:class:`FIDResult`).
+
+On a GPU the network runs in full float32 (:func:`full_precision`): TF32
+convolutions, cuDNN's default, round their inputs to a 10-bit mantissa
+(~1e-3 relative). Even so, GPU and CPU kernels round differently, hence the
+device in the key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import re
@@ -249,6 +256,25 @@ def load_inception(device: str | torch.device = "cpu", channels_last: bool = Tru
 # --- Feature extraction ---
 
 
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Within: float32 convolutions and matmuls in full IEEE precision (no TF32); the settings are restored after.
+
+    Through torch's ``fp32_precision`` settings, not the legacy ``allow_tf32``
+    flags: torch refuses to read the legacy flags once the new API set them,
+    and setting then restoring the new one leaves either readable.
+    """
+    backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [backend.fp32_precision for backend in backends]
+    try:
+        for backend in backends:
+            backend.fp32_precision = "ieee"
+        yield
+    finally:
+        for backend, value in zip(backends, saved):
+            backend.fp32_precision = value
+
+
 def _scale_to_unit(x: Tensor, value_range: tuple[float, float]) -> Tensor:
     low, high = value_range
     return ((x.detach().float() - low) / (high - low)).clamp(0, 1)
@@ -318,7 +344,7 @@ def inception_features(
         total = len(images)
     chunks = []
     bar = tqdm(total=total, desc="Inception features", unit="img", disable=not progress)
-    with torch.inference_mode(), bar:
+    with torch.inference_mode(), full_precision(), bar:
         for batch in _split(_as_batch_source(images), batch_size):
             x = _to_unit_range(batch, value_range, model_device)
             chunks.append(model(x)[0].flatten(1).cpu().numpy())
@@ -385,22 +411,11 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
 
 
-def compute_fid(
-    images: Images,
-    reference: FeatureStats,
-    batch_size: int = 50,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    *,
-    value_range: tuple[float, float] | None = None,
-    model: InceptionV3 | None = None,
-    total: int | None = None,
-) -> FIDResult:
-    """FID of ``images`` (see :func:`inception_features`) against reference statistics."""
-    features = inception_features(
-        images, batch_size, device, progress, value_range=value_range, model=model, total=total
-    )
-    return fid_from_stats(feature_stats(features), reference)
+def compute_fid(images: Images, reference: FeatureStats, **options) -> FIDResult:
+    """FID of ``images`` against reference statistics; ``options`` (``batch_size``, ``device``,
+    ``progress``, ``value_range``, ``model``, ``total``) are :func:`inception_features`'s, passed on
+    so that the two share one signature."""
+    return fid_from_stats(feature_stats(inception_features(images, **options)), reference)
 
 
 # --- Reference statistics .npz cache ---
@@ -414,18 +429,21 @@ _DELETE = "delete it to recompute"
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
-def stats_key(name: str, split: str, image_size: int, n_samples: int) -> str:
-    """Cache key such as ``cifar10_train_32px_n50000``.
+def stats_key(name: str, split: str, image_size: int, n_samples: int, device_type: str = "cpu") -> str:
+    """Cache key such as ``cifar10_train_32px_n50000`` (CPU features) or ``..._n50000_cuda``.
 
     ``name`` and ``split`` may not contain '_' (the separator) or path characters,
-    so distinct keys never share a file name.
+    so distinct keys never share a file name. The device type of the features
+    is named unless it is the CPU, so CPU keys stay as they were.
     """
     for part in (name, split):
         if not _KEY_PART.fullmatch(part):
             raise ValueError(f"dataset name/split {part!r} must match {_KEY_PART.pattern}")
     if image_size <= 0 or n_samples < 2:
         raise ValueError(f"need image_size > 0 and n_samples >= 2, got {image_size}, {n_samples}")
-    return f"{name}_{split}_{image_size}px_n{n_samples}"
+    if not device_type.isalnum():
+        raise ValueError(f"device type {device_type!r} must be alphanumeric")
+    return f"{name}_{split}_{image_size}px_n{n_samples}" + ("" if device_type == "cpu" else f"_{device_type}")
 
 
 def save_stats(path: Path, key: str, stats: FeatureStats) -> None:
@@ -485,8 +503,10 @@ def reference_stats(
     ``n_samples`` images of ``image_size`` x ``image_size`` (any form
     :func:`inception_features` accepts). The file is ``<key>.npz`` with the key
     also stored inside and checked on load; see :func:`load_stats` for errors.
+    The key names the device the features are computed on: ``model``'s if given.
     """
-    key = stats_key(name, split, image_size, n_samples)
+    features_on = next(model.parameters()).device if model is not None else torch.device(device)
+    key = stats_key(name, split, image_size, n_samples, features_on.type)
     path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         stats = load_stats(path, key)

@@ -62,7 +62,7 @@ class ConditionalVAETRIP(VAE):
         return recon, label, log_q_from_noise(noise, logvar) - self.prior.log_prob(z)
 
     def loss(self, x: Tensor, y: Tensor | None = None, observed: Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Minus the mean Eq. 14 bound on log p(x, y_ob); the batch means of its terms."""
         if y is None:
             return super().loss(x, generator)
@@ -109,7 +109,7 @@ class ConditionalVAE(VAE):
         return self.decoder(z, code)
 
     def loss(self, x: Tensor, y: Tensor | None = None, observed: Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Minus the mean ELBO of log p(x | y_ob), closed-form KL; the batch means of its terms."""
         code = None if y is None else label_code(y, observed, self.attribute_sizes)
         mean, logvar = self.encode(x, code)
@@ -163,12 +163,13 @@ def unknown_code(batch: int, attribute_sizes: Sequence[int], device=None) -> Ten
     return label_code(y, torch.zeros_like(y, dtype=torch.bool), attribute_sizes)
 
 
-def _loss(terms: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-    """-mean ELBO, where ELBO = recon (+ label) - kl, and the batch means of elbo and each term."""
+def _loss(terms: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """-mean ELBO, where ELBO = recon (+ label) - kl, and the batch means of elbo and each term
+    (detached 0-d tensors, not read back: see VAE.loss)."""
     elbo = sum(v for k, v in terms.items() if k != "kl") - terms["kl"]
     names = ["elbo", *terms]
-    stats = torch.stack([elbo.mean(), *(v.mean() for v in terms.values())]).detach().tolist()
-    return -elbo.mean(), dict(zip(names, stats))
+    stats = torch.stack([elbo.mean(), *(v.mean() for v in terms.values())]).detach()
+    return -elbo.mean(), dict(zip(names, stats.unbind()))
 
 
 __all__ = ["ConditionalVAE", "ConditionalVAETRIP", "LabelledDecoder", "label_code", "label_width", "unknown_code"]

@@ -10,15 +10,21 @@ costs about the same for 32 codes as for 192) and handed out batch by batch.
 They are i.i.d. draws from the prior as it is when they are used: the pool is
 emptied after the generator batch and whenever the prior's parameters change,
 so nothing crosses an update of the prior and REINFORCE stays unbiased.
+
+The losses' statistics are detached 0-d tensors, never read back here: a read
+would make the host wait for the device at every step (trip.train reads them
+at log time). Under bf16 autocast the gradient penalty runs in float32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor, nn
 
 from trip.priors import Prior
-from trip.priors.base import StateStamp
+from trip.priors.base import StateStamp, no_autocast
 
 
 def reinforce_surrogate(log_prob: Tensor, reward: Tensor) -> Tensor:
@@ -37,11 +43,24 @@ def reinforce_surrogate(log_prob: Tensor, reward: Tensor) -> Tensor:
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-    """Gulrajani et al.: E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates, per-sample norms."""
+    """Gulrajani et al.: E[(||grad_x D(x_hat)||_2 - 1)^2] on random interpolates, per-sample norms.
+
+    In float32 and eagerly whatever the caller's autocast and torch.compile: the penalty is a
+    gradient of a gradient, which bf16 would round coarsely and compiled graphs cannot differentiate.
+    """
+    real, fake = real.float(), fake.float()
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    with no_autocast(real.device), _eager(critic):
+        (grad,) = torch.autograd.grad(critic(mixed).float().sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def _eager(module: nn.Module):
+    """Run a module compiled in place (``nn.Module.compile``) eagerly; nothing for any other module."""
+    if getattr(module, "_compiled_call_impl", None) is None:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 class WassersteinGAN(nn.Module):
@@ -92,17 +111,17 @@ class WassersteinGAN(nn.Module):
         self._pool = None if last or rest.shape[0] == 0 else rest
         return taken
 
-    def critic_loss(self, real: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def critic_loss(self, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """E[D(fake)] - E[D(real)] (+ gamma * GP): minimising it widens the critic's gap."""
         with torch.no_grad():
             fake = self.generator(self.step_codes(real.shape[0]))
         real_score, fake_score = self.critic(real).mean(), self.critic(fake).mean()
         loss = fake_score - real_score
-        stats = {"wasserstein": (real_score - fake_score).item()}
+        stats = {"wasserstein": (real_score - fake_score).detach()}
         if self.variant == "wgan_gp":
             penalty = gradient_penalty(self.critic, real, fake)
             loss = loss + self.gp_weight * penalty
-            stats["gp"] = penalty.item()
+            stats["gp"] = penalty.detach()
         return loss, stats
 
     @torch.no_grad()
@@ -111,7 +130,7 @@ class WassersteinGAN(nn.Module):
             for p in self.critic.parameters():
                 p.clamp_(-self.clip, self.clip)
 
-    def generator_and_prior_loss(self, n: int) -> tuple[Tensor, dict[str, float]]:
+    def generator_and_prior_loss(self, n: int) -> tuple[Tensor, dict[str, Tensor]]:
         """-E[D(G(z))] for the generator plus, for a learnable prior, -REINFORCE surrogate.
 
         One batch of codes serves both: the generator's gradient flows through
@@ -120,11 +139,11 @@ class WassersteinGAN(nn.Module):
         z = self.step_codes(n, last=True)
         scores = self.critic(self.generator(z))
         loss = -scores.mean()
-        stats = {"g_loss": loss.item()}
+        stats = {"g_loss": loss.detach()}
         if self.prior.learnable:
             surrogate = reinforce_surrogate(self.prior.log_prob(z), scores.detach())
             loss = loss - surrogate
-            stats["prior_surrogate"] = surrogate.item()
+            stats["prior_surrogate"] = surrogate.detach()
         return loss, stats
 
     @torch.no_grad()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.special import log_ndtr
 
+from trip.priors.base import check_all
 from trip.registry import Registry
 
 LOG_2PI = math.log(2 * math.pi)
@@ -172,12 +173,11 @@ class DiscretizedGaussian(Likelihood):
         level = (x.double() + 1) * self.half_levels
         index = level.round()
         bad = ((level - index).abs() > 1e-3) | (index < 0) | (index > 2 * self.half_levels)
-        if bad.any():  # e.g. [0, 1]- or 0..255-scaled data passed by mistake
-            raise ValueError(
-                f"discretized_gaussian expects {self.bits}-bit images mapped to [-1, 1] "
-                f"(v / {self.half_levels} - 1); got values off that grid, in "
-                f"[{x.min().item():.4g}, {x.max().item():.4g}]"
-            )
+        check_all(~bad, lambda: (  # off the grid: e.g. [0, 1]- or 0..255-scaled data passed by mistake
+            f"discretized_gaussian expects {self.bits}-bit images mapped to [-1, 1] "
+            f"(v / {self.half_levels} - 1); got values off that grid, in "
+            f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+        ))
         return index
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
@@ -247,8 +247,7 @@ class Bernoulli(Likelihood):
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         _check_pair(x, params)
-        if (x < 0).any() or (x > 1).any():
-            raise ValueError("bernoulli expects targets in [0, 1]")
+        check_all(~((x < 0) | (x > 1)), "bernoulli expects targets in [0, 1]")
         return _sum_per_example(x * params - F.softplus(params))
 
     def mean(self, params: Tensor) -> Tensor:

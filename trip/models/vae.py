@@ -136,12 +136,16 @@ class VAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.elbo(x)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-        """The training loss -mean ELBO, and the batch means of elbo, recon and kl."""
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss -mean ELBO, and the batch means of elbo, recon and kl.
+
+        The means are detached 0-d tensors, not floats: reading them would make the host wait for
+        the device at every step (trip.train reads them at log time).
+        """
         recon, kl = self.elbo_terms(x, generator)
         elbo = recon - kl
-        stats = torch.stack([elbo.mean(), recon.mean(), kl.mean()]).detach().tolist()
-        return -elbo.mean(), dict(zip(("elbo", "recon", "kl"), stats))
+        stats = torch.stack([elbo.mean(), recon.mean(), kl.mean()]).detach()
+        return -elbo.mean(), dict(zip(("elbo", "recon", "kl"), stats.unbind()))
 
     def iwae(
         self, x: Tensor, k: int = 100, chunk: int | None = 1024, generator: torch.Generator | None = None

@@ -11,10 +11,16 @@ A prior is an ``nn.Module`` over codes z of shape (B, dim):
 
 "Fixed" and "learnable" differ only in ``requires_grad`` on the parameters,
 so a fixed prior is a flag, not another class.
+
+Priors compute in their own dtype (float32) inside a bf16 autocast region too
+(:func:`full_precision`), and their input checks never make the host wait for
+a GPU (:func:`check_all`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from abc import ABC, abstractmethod
 
@@ -27,6 +33,57 @@ LOG_2PI = math.log(2 * math.pi)
 def gaussian_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Elementwise log N(z | mean, std^2), broadcast over all arguments."""
     return -0.5 * ((z - mean) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI
+
+
+class GaussianComponents:
+    """``means`` and ``stds`` of the Gaussian components of a mixture prior, stored unconstrained as
+    the parameters ``loc`` and ``log_scale`` (the exponential keeps every std positive)."""
+
+    @property
+    def means(self) -> Tensor:
+        return self.loc
+
+    @property
+    def stds(self) -> Tensor:
+        return self.log_scale.exp()
+
+
+def no_autocast(device: torch.device):
+    """A context that leaves any autocast region of ``device`` (and costs nothing outside one)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def full_precision(method):
+    """Run a prior method outside autocast: bf16 would round the ring's products and the densities."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with no_autocast(self.device):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def checks_now(t: Tensor) -> bool:
+    """Whether a check of ``t``'s values may read them now: on the CPU that is free; on a GPU it would
+    make the host wait for the device at every training step, so there the check is queued instead."""
+    return t.device.type == "cpu"
+
+
+def check_all(ok: Tensor, message) -> None:
+    """Fail unless every entry of ``ok`` is true; ``message``: a string or a function giving one.
+
+    On the CPU a failure raises ``ValueError(message)`` at once. On a GPU the assertion runs on the
+    device (``torch._assert_async``) and a failure surfaces as a device-side assert error at the
+    next synchronisation, at the latest when the training loop reads its statistics.
+    """
+    if checks_now(ok):
+        if not ok.all():
+            raise ValueError(message() if callable(message) else message)
+    else:
+        torch._assert_async(ok.all(), "a trip input check failed on the device (NaN, inf or a bad value)")
 
 
 def _positive_int(name: str, value) -> int:
@@ -104,6 +161,7 @@ class Prior(nn.Module, ABC):
         return self
 
     # -- public API --------------------------------------------------------------------
+    @full_precision
     def log_prob(self, z: Tensor, observed: Tensor | None = None) -> Tensor:
         z = self.check_codes(z)
         mask = None if observed is None else self.check_mask(observed, z.shape[0], "observed")
@@ -113,10 +171,12 @@ class Prior(nn.Module, ABC):
         return self.log_prob(z, observed)
 
     @torch.no_grad()
+    @full_precision
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self._sample(_positive_int("n", n), generator)
 
     @torch.no_grad()
+    @full_precision
     def sample_conditional(
         self, z: Tensor, resample: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -124,6 +184,7 @@ class Prior(nn.Module, ABC):
         mask = self.check_mask(resample, z.shape[0], "resample").expand_as(z)
         return self._sample_conditional(z, mask, generator)
 
+    @full_precision
     def conditional_log_prob(self, z: Tensor, target: Tensor, given: Tensor) -> Tensor:
         """log p(z_target | z_given) as the difference of two exact marginals."""
         z = self.check_codes(z)
@@ -156,8 +217,7 @@ class Prior(nn.Module, ABC):
             )
         if z.device != self.device:
             raise ValueError(f"codes are on {z.device} but the prior is on {self.device}")
-        if not torch.isfinite(z).all():
-            raise ValueError("codes contain NaN or inf")
+        check_all(torch.isfinite(z), "codes contain NaN or inf")
         return z.to(self.dtype)
 
     def check_mask(self, mask, batch: int, name: str) -> Tensor:

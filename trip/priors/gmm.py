@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from trip.priors.base import Prior, _positive_int, gaussian_log_density
+from trip.priors.base import GaussianComponents, Prior, _positive_int, gaussian_log_density
 
 
 # The paper's code initialises every GMM log-variance at -1 (core/learnable_priors/gmm_lp.py),
@@ -32,7 +32,7 @@ def check_range(mean_range) -> tuple[float, float]:
     return low, high
 
 
-class GMMPrior(Prior):
+class GMMPrior(GaussianComponents, Prior):
     """p(z) = sum_k pi_k N(z | mu_k, diag(sigma_k^2)), exact log-density by logsumexp.
 
     Means start uniform on ``mean_range``, standard deviations at ``init_std``
@@ -63,14 +63,6 @@ class GMMPrior(Prior):
     @property
     def weights(self) -> Tensor:
         return torch.softmax(self.logits, -1)
-
-    @property
-    def means(self) -> Tensor:
-        return self.loc
-
-    @property
-    def stds(self) -> Tensor:
-        return self.log_scale.exp()
 
     def _component_log_probs(self, z: Tensor, observed: Tensor | None) -> Tensor:
         """log pi_k + log N(z_observed | component k): (B, K)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trip.priors import tensor_ring as tr
+from trip.priors.base import check_all, full_precision
 from trip.priors.trip_prior import TRIPPrior
 
 
@@ -141,14 +142,14 @@ class JointTRIPPrior(TRIPPrior):
             mask = self._check_attribute_mask(y_observed, y.shape[0])
         y = y.long()
         sizes = tr.cached_index(self.attribute_sizes, self.device)
-        bad = (mask & ((y < 0) | (y >= sizes))).nonzero()
-        if len(bad):
-            row, j = bad[0].tolist()
-            raise ValueError(
-                f"attribute {j} takes values 0..{self.attribute_sizes[j] - 1}, "
-                f"got {y[row, j].item()} (row {row}) at an observed entry"
-            )
+        bad = mask & ((y < 0) | (y >= sizes))
+        check_all(~bad, lambda: self._range_error(y, bad))
         return y, mask
+
+    def _range_error(self, y: Tensor, bad: Tensor) -> str:
+        row, j = bad.nonzero()[0].tolist()
+        return (f"attribute {j} takes values 0..{self.attribute_sizes[j] - 1}, "
+                f"got {y[row, j].item()} (row {row}) at an observed entry")
 
     def _check_attribute_mask(self, mask, batch: int) -> Tensor:
         c = self.n_attributes
@@ -215,6 +216,7 @@ class JointTRIPPrior(TRIPPrior):
         emission = self._in_ring_order(self._latent_emissions(z, observed), self._attribute_emissions())
         return self._log_value_normalised(emission)
 
+    @full_precision
     def joint_log_prob(self, z: Tensor, y: Tensor, y_observed=None, observed=None) -> Tensor:
         """log p(z_observed, y_observed): (B,). Hidden attributes and latents are summed out exactly."""
         z = self.check_codes(z)
@@ -225,6 +227,7 @@ class JointTRIPPrior(TRIPPrior):
         )
         return self._log_value_normalised(emission)
 
+    @full_precision
     def attribute_log_prob(self, z: Tensor, y: Tensor, y_observed=None) -> Tensor:
         """log p(y_observed | z): (B,), 0 for rows with nothing observed (the ELBO term of Eq. 14)."""
         z = self.check_codes(z)
@@ -234,6 +237,7 @@ class JointTRIPPrior(TRIPPrior):
         ratio = tr.log_ring_ratio(*self._ring(), joint, self._in_ring_order(latent, self._attribute_emissions()))
         return torch.where(y_observed.any(-1), ratio, 0.0)
 
+    @full_precision
     def attribute_log_probabilities(self, z: Tensor) -> Tensor:
         """log p(y_j = k | z) for every attribute j and value k: (B, c, max K), -inf past K_j."""
         z = self.check_codes(z)
@@ -241,7 +245,7 @@ class JointTRIPPrior(TRIPPrior):
         j, k = (tr.cached_index(v, self.device) for v in zip(*pairs))
         # one ring per (code, attribute, value): that attribute observed, the others hidden
         y = torch.zeros(len(pairs), self.n_attributes, dtype=torch.long, device=self.device)
-        y[torch.arange(len(pairs)), j] = k
+        y[tr.cached_index(tuple(range(len(pairs))), self.device), j] = k
         attributes = self._attribute_emissions(y, F.one_hot(j, self.n_attributes).bool())
         latent = self._latent_emissions(z)
         values = tr.log_ring_ratio(  # relative to p(z): exact in float32 for far codes too
@@ -285,6 +289,7 @@ class JointTRIPPrior(TRIPPrior):
         return torch.where(resample, self._draw_codes(states[:, : self.dim], generator), z)
 
     @torch.no_grad()
+    @full_precision
     def sample_given_attributes(
         self, y: Tensor, y_observed=None, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -296,6 +301,7 @@ class JointTRIPPrior(TRIPPrior):
         return self._draw_codes(states[:, : self.dim], generator)
 
     @torch.no_grad()
+    @full_precision
     def sample_joint(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(z, y) ~ p(z, y): codes (n, d) and attribute values (n, c)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from sklearn.mixture import GaussianMixture
 
 from trip.priors import tensor_ring as tr
-from trip.priors.base import LOG_2PI, Prior, _positive_int, gaussian_log_density
+from trip.priors.base import LOG_2PI, GaussianComponents, Prior, _positive_int, gaussian_log_density
 from trip.priors.gmm import check_range, default_std
 
 
-class TRIPPrior(Prior):
+class TRIPPrior(GaussianComponents, Prior):
     """A Gaussian mixture on an N^d lattice with tensor-ring weights.
 
     Args:
@@ -82,14 +82,6 @@ class TRIPPrior(Prior):
     def cores(self) -> Tensor:
         """Non-negative cores Q_k, shape (d, N, m, m)."""
         return self.log_cores.exp()
-
-    @property
-    def means(self) -> Tensor:
-        return self.loc
-
-    @property
-    def stds(self) -> Tensor:
-        return self.log_scale.exp()
 
     @classmethod
     def from_parameters(

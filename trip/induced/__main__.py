@@ -1,0 +1,3 @@
+from trip.induced.cli import main
+
+main()
