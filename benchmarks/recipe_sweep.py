@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CHECKPOINTS = (50, 100, 200, 400, 800, 1600)
+CHECKPOINTS = (50, 100, 200, 400, 800, 1600)  # the default --max-steps; longer sweeps keep doubling
 FD_SAMPLES = 2000
 
 
@@ -123,7 +123,7 @@ def run_candidate(name: str, overrides: list[str], prior: str, args, out: Path) 
         return (to_float(train_images[rows]).to(device),)
 
     curve, seconds, step = [], 0.0, 0
-    for stop in [c for c in CHECKPOINTS if c <= args.max_steps]:
+    for stop in checkpoints(args.max_steps):
         tick = time.perf_counter()
         while step < stop:
             stats = step_fn(model, opts, next_batch, cfg)
@@ -139,6 +139,14 @@ def run_candidate(name: str, overrides: list[str], prior: str, args, out: Path) 
     save_image_grid(fixed_samples(model, 64, device).cpu(), out / f"{name}-{prior}.png", padding=1)
     return {"name": name, "prior": prior, "overrides": overrides, "batch": cfg.train.batch_size,
             "seconds_per_step": seconds / max(step, 1), "curve": curve, "plateau_step": plateau_step(curve)}
+
+
+def checkpoints(max_steps: int) -> list[int]:
+    """50, 100, 200, ... doubling up to ``max_steps``."""
+    out = [CHECKPOINTS[0]]
+    while out[-1] * 2 <= max_steps:
+        out.append(out[-1] * 2)
+    return out
 
 
 def plateau_step(curve: list[dict]) -> int | None:
