@@ -94,7 +94,7 @@ from typing import Any, Callable, Iterator
 import ray
 from tqdm import tqdm
 
-from trip.config import NON_EMPTY, POSITIVE, ConfigError
+from trip.config import NON_EMPTY, POSITIVE, ConfigError, is_number
 
 log = logging.getLogger("pipeline.ray_runner")
 
@@ -132,7 +132,7 @@ class ComputeConfig:
 
     def check(self, prefix: str) -> None:
         gpus = self.gpus_per_run
-        if gpus != "auto" and (not _is_number(gpus) or gpus < 0):
+        if gpus != "auto" and (not is_number(gpus) or gpus < 0):
             raise ConfigError(f"{prefix}gpus_per_run: must be auto or a number >= 0, got {gpus!r}")
         if gpus != "auto" and gpus > 1 and gpus != int(gpus):  # Ray's rule: a fraction of one card or whole cards
             raise ConfigError(f"{prefix}gpus_per_run: must be a fraction of one GPU or a whole number, got {gpus!r}")
@@ -172,13 +172,9 @@ def check_ray_device(device: str, gpus: float | str | None = None, where: str = 
     if device.startswith("cuda:") and index.isdigit() and int(index) > 0:
         raise ConfigError(f"device: {device}{where}: a Ray task sees the GPU it was given as cuda:0; "
                           f"use device: auto or cuda (compute.gpus_per_run decides how many GPUs a run gets)")
-    if device.startswith("cuda") and _is_number(gpus) and gpus == 0:
+    if device.startswith("cuda") and is_number(gpus) and gpus == 0:
         raise ConfigError(f"device: {device}{where} needs a GPU, but compute.gpus_per_run gives runs none "
                           f"(0), so their Ray tasks see no card; use device: auto or give runs GPUs")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- the session -----------------------------------------------------------------------

@@ -100,7 +100,7 @@ class TrackingParams:
     """The ``tracking`` section of params.yaml."""
 
     experiment: str | None = field(default=None, metadata=NON_EMPTY)  # default: the profile's name
-    uri: str | None = None  # default sqlite:///mlflow.db at the project root; MLFLOW_TRACKING_URI wins
+    uri: str | None = None  # null: MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db at the project root
     system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) of training runs
     system_metrics_interval: float = field(default=10.0, metadata=POSITIVE)  # seconds between two samples
 

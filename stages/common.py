@@ -8,7 +8,6 @@ import sys
 
 from pipeline.params import PROJECT_ROOT, Grid, load_params
 from pipeline.ray_runner import PipelineError, RunReport
-from pipeline.repro import close_parent
 from pipeline.tracking import Tracker
 from trip.config import ConfigError
 
@@ -35,11 +34,13 @@ def tracker_for(grid: Grid) -> Tracker:
     return Tracker(PROJECT_ROOT, uri=grid.params.tracking.uri)
 
 
-def finish(stage: str, report: RunReport, grid: Grid, tracker: Tracker) -> None:
-    """After every run has finished: exit non-zero naming the failed ones, with their tracebacks."""
+def finish(stage: str, report: RunReport) -> None:
+    """After every run has finished: exit non-zero naming the failed ones, with their tracebacks.
+
+    The exit ends the stage's ``stage_parent`` block, which closes the MLflow parent FAILED.
+    """
     if not report.failures:
         return
-    close_parent(tracker, grid.experiment, "FAILED")
     for label, failure in report.failures.items():
         log.error("%s failed:\n%s", label, failure.traceback)
     try:

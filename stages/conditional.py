@@ -104,7 +104,7 @@ def main(argv=None) -> None:
             tracker.log_run(parent, evals[label].cfg.run_dir, "conditional", eval_dir=evals[label].eval_dir,
                             eval_name="cond_eval.json")
         trained.failures.update(evaluated.failures)
-        finish("conditional", trained, grid, tracker)
+        finish("conditional", trained)
 
 
 if __name__ == "__main__":

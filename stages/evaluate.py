@@ -37,7 +37,7 @@ def main(argv=None) -> None:
         for label, result in report.results.items():
             tracker.log_run(parent, grid.runs[label].run_dir, "evaluate", eval_dir=grid.eval_dir(label))
             log.info("%s: %s", label, result["summary"])
-        finish("evaluate", report, grid, tracker)
+        finish("evaluate", report)
 
 
 if __name__ == "__main__":

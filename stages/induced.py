@@ -80,7 +80,7 @@ def main(argv=None) -> None:
             job = jobs[label]
             tracker.log_result(parent, job.out_dir / f"induced_{job.kind}.json", job.source, "induced", label,
                                [job.out_dir / f"induced_{job.kind}_samples.png"])
-        finish("induced", report, grid, tracker)
+        finish("induced", report)
 
 
 if __name__ == "__main__":

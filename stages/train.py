@@ -97,7 +97,7 @@ def main(argv=None) -> None:
             for label in sorted(set(monitored) - logged):
                 tracker.end_run(monitored[label].run_id, status)
         log.info("train: %d runs in %.0fs wall time", len(grid.runs), report.wall_seconds)
-        finish("train", report, grid, tracker)
+        finish("train", report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ A prior is an ``nn.Module`` over codes z of shape (B, dim):
 so a fixed prior is a flag, not another class.
 
 Priors compute in their own dtype (float32) inside a bf16 autocast region too
-(:func:`full_precision`), and their input checks never make the host wait for
+(:func:`without_autocast`), and their input checks never make the host wait for
 a GPU (:func:`check_all`).
 """
 
@@ -55,7 +55,7 @@ def no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def full_precision(method):
+def without_autocast(method):
     """Run a prior method outside autocast: bf16 would round the ring's products and the densities."""
 
     @functools.wraps(method)
@@ -161,7 +161,7 @@ class Prior(nn.Module, ABC):
         return self
 
     # -- public API --------------------------------------------------------------------
-    @full_precision
+    @without_autocast
     def log_prob(self, z: Tensor, observed: Tensor | None = None) -> Tensor:
         z = self.check_codes(z)
         mask = None if observed is None else self.check_mask(observed, z.shape[0], "observed")
@@ -171,12 +171,12 @@ class Prior(nn.Module, ABC):
         return self.log_prob(z, observed)
 
     @torch.no_grad()
-    @full_precision
+    @without_autocast
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self._sample(_positive_int("n", n), generator)
 
     @torch.no_grad()
-    @full_precision
+    @without_autocast
     def sample_conditional(
         self, z: Tensor, resample: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -184,7 +184,7 @@ class Prior(nn.Module, ABC):
         mask = self.check_mask(resample, z.shape[0], "resample").expand_as(z)
         return self._sample_conditional(z, mask, generator)
 
-    @full_precision
+    @without_autocast
     def conditional_log_prob(self, z: Tensor, target: Tensor, given: Tensor) -> Tensor:
         """log p(z_target | z_given) as the difference of two exact marginals."""
         z = self.check_codes(z)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trip.priors import tensor_ring as tr
-from trip.priors.base import check_all, full_precision
+from trip.priors.base import check_all, without_autocast
 from trip.priors.trip_prior import TRIPPrior
 
 
@@ -216,7 +216,7 @@ class JointTRIPPrior(TRIPPrior):
         emission = self._in_ring_order(self._latent_emissions(z, observed), self._attribute_emissions())
         return self._log_value_normalised(emission)
 
-    @full_precision
+    @without_autocast
     def joint_log_prob(self, z: Tensor, y: Tensor, y_observed=None, observed=None) -> Tensor:
         """log p(z_observed, y_observed): (B,). Hidden attributes and latents are summed out exactly."""
         z = self.check_codes(z)
@@ -227,7 +227,7 @@ class JointTRIPPrior(TRIPPrior):
         )
         return self._log_value_normalised(emission)
 
-    @full_precision
+    @without_autocast
     def attribute_log_prob(self, z: Tensor, y: Tensor, y_observed=None) -> Tensor:
         """log p(y_observed | z): (B,), 0 for rows with nothing observed (the ELBO term of Eq. 14)."""
         z = self.check_codes(z)
@@ -237,7 +237,7 @@ class JointTRIPPrior(TRIPPrior):
         ratio = tr.log_ring_ratio(*self._ring(), joint, self._in_ring_order(latent, self._attribute_emissions()))
         return torch.where(y_observed.any(-1), ratio, 0.0)
 
-    @full_precision
+    @without_autocast
     def attribute_log_probabilities(self, z: Tensor) -> Tensor:
         """log p(y_j = k | z) for every attribute j and value k: (B, c, max K), -inf past K_j."""
         z = self.check_codes(z)
@@ -289,7 +289,7 @@ class JointTRIPPrior(TRIPPrior):
         return torch.where(resample, self._draw_codes(states[:, : self.dim], generator), z)
 
     @torch.no_grad()
-    @full_precision
+    @without_autocast
     def sample_given_attributes(
         self, y: Tensor, y_observed=None, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -301,7 +301,7 @@ class JointTRIPPrior(TRIPPrior):
         return self._draw_codes(states[:, : self.dim], generator)
 
     @torch.no_grad()
-    @full_precision
+    @without_autocast
     def sample_joint(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(z, y) ~ p(z, y): codes (n, d) and attribute values (n, c)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
